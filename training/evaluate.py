@@ -1,0 +1,147 @@
+"""Metrics on the fixed splits, computed from per-task logits so that PyTorch, ONNX fp32 and
+ONNX int8 are judged by the very same code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from datasets import DatasetDict
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from features.schema import LabelSchema
+
+Logits = dict[str, np.ndarray]
+Predictor = Callable[[Sequence[str]], Logits]
+RANDOM_DOMAINS = ("random_tweet", "random_reply")
+
+
+def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = x / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _pct(x: float) -> float:
+    return round(100.0 * float(x), 2)
+
+
+def eval_sets(corpus: DatasetDict, split: str = "test") -> dict[str, tuple[list[str], list[int], list[str]]]:
+    """Per task: (texts, gold label ids, domains) of the rows that carry that task's label."""
+    air = corpus[split]
+    out: dict[str, tuple[list[str], list[int], list[str]]] = {}
+    for task in ("sentiment", "topic"):
+        rows = [(t, y) for t, y in zip(air["text"], air[task], strict=True) if y >= 0]
+        out[task] = ([t for t, _ in rows], [y for _, y in rows], [""] * len(rows))
+    if split == "test" and "complaints_test" in corpus:
+        c = corpus["complaints_test"]
+        out["actionability"] = (list(c["text"]), list(c["actionability"]), list(c["domain"]))
+    return out
+
+
+def task_metrics(
+    schema: LabelSchema, task: str, logits: np.ndarray, gold: Sequence[int], domains: Sequence[str]
+) -> dict[str, float]:
+    spec = schema.task(task)
+    y = np.asarray(gold)
+    pred = logits.argmax(-1)
+    labels = list(range(len(spec.labels)))
+    m = {
+        "macro_f1": _pct(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "accuracy": _pct(accuracy_score(y, pred)),
+        "n": float(len(y)),
+    }
+    if task == "actionability":
+        probs = softmax(logits)
+        pos = [spec.index(lbl) for lbl in spec.positive_labels]
+        actionable = probs[:, pos].sum(-1) >= 0.5
+        ci = spec.index("complaint") if "complaint" in spec.labels else pos[0]
+        m["complaint_vs_rest_macro_f1"] = _pct(
+            f1_score(y == ci, pred == ci, average="macro", zero_division=0)
+        )
+        is_c = y == ci
+        m["complaints_flagged_actionable"] = _pct(actionable[is_c].mean()) if is_c.any() else 0.0
+        rnd = np.isin(np.asarray(domains), RANDOM_DOMAINS)
+        m["random_flagged_actionable"] = _pct(actionable[rnd].mean()) if rnd.any() else 0.0
+    return m
+
+
+def evaluate(
+    predict: Predictor, schema: LabelSchema, corpus: DatasetDict, split: str = "test"
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Metrics per task, and the logits they came from (for parity checks and plots)."""
+    metrics: dict[str, dict[str, float]] = {}
+    logits_by_task: dict[str, np.ndarray] = {}
+    for task, (texts, gold, domains) in eval_sets(corpus, split).items():
+        if not texts:
+            continue
+        logits = predict(texts)[task]
+        logits_by_task[task] = logits
+        metrics[task] = task_metrics(schema, task, logits, gold, domains)
+    return metrics, logits_by_task
+
+
+def fit_temperature(logits: np.ndarray, gold: Sequence[int]) -> float:
+    """The softmax temperature minimising validation NLL (a 1-D grid: robust, no optimiser)."""
+    y = np.asarray(gold)
+    best, best_nll = 1.0, np.inf
+    for t in np.round(np.arange(0.5, 4.01, 0.05), 2):
+        p = softmax(logits, float(t))[np.arange(len(y)), y]
+        nll = -np.log(np.clip(p, 1e-12, None)).mean()
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return best
+
+
+def confusion_figure(schema: LabelSchema, task: str, logits: np.ndarray, gold: Sequence[int]):
+    """A labelled confusion matrix (row-normalised) as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = schema.task(task).labels
+    cm = confusion_matrix(gold, logits.argmax(-1), labels=list(range(len(labels))))
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    size = 2.5 + 0.55 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{task} (counts; colour = row share)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(task: str, logits: np.ndarray, gold: Sequence[int], temperature: float):
+    """Calibration: accuracy against confidence in ten bins, before and after temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.asarray(gold)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    for t, name in ((1.0, "raw"), (temperature, f"T={temperature:.2f}")):
+        p = softmax(logits, t)
+        conf, ok = p.max(-1), p.argmax(-1) == y
+        bins = np.linspace(0, 1, 11)
+        idx = np.clip(np.digitize(conf, bins) - 1, 0, 9)
+        xs = [conf[idx == b].mean() for b in range(10) if (idx == b).any()]
+        ys = [ok[idx == b].mean() for b in range(10) if (idx == b).any()]
+        ax.plot(xs, ys, "o-", label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{task} calibration (validation)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

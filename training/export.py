@@ -1,0 +1,349 @@
+"""ONNX export, graph optimization, int8 quantization and the checks that gate them.
+
+Each step is verified before the next (in the spirit of optimum's export spec + validation):
+fp32 ONNX must reproduce the PyTorch logits, and the int8 graph must agree with fp32 on the
+test splits. Quantization escalates from a plain preset to keeping the most sensitive nodes
+in fp32, chosen on validation texts, until the gate passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm.auto import tqdm
+
+from features.bundle import BundleMeta, write_meta
+from features.schema import LabelSchema
+from training.evaluate import Logits, Predictor, evaluate, eval_sets
+from training.model import ExportWrapper, MultiTaskModel
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class ExportCheckFailed(RuntimeError):
+    """An exported graph does not match its source closely enough to ship."""
+
+
+@dataclass
+class ExportGate:
+    fp32_max_abs_diff: float = 1e-4
+    int8_min_agreement: float = 99.0
+    int8_max_metric_drop: float = 1.0
+    max_bundle_mb: float = 25.0
+
+
+@dataclass
+class ExportReport:
+    fp32_max_abs_diff: float
+    int8_agreement: dict[str, float]
+    fp32_metrics: dict[str, dict[str, float]]
+    int8_metrics: dict[str, dict[str, float]]
+    quantization: dict[str, object]
+    bundle_mb: float
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def output_names(schema: LabelSchema) -> dict[str, str]:
+    return {t: f"logits_{t}" for t in schema.names}
+
+
+def export_onnx(model: MultiTaskModel, path: Path, pad_id: int = 0) -> Path:
+    """Trace to ONNX with dynamic batch and sequence axes."""
+    was = model.encoder.config._attn_implementation
+    # Eager attention traces to plain MatMul/Softmax that ORT's BERT optimizer fuses; the dummy
+    # batch carries padding so the mask path is traced (an all-ones mask can be optimised away).
+    model.encoder.set_attn_implementation("eager")
+    model.eval()
+    names = output_names(model.schema)
+    ids = torch.full((2, 8), 1000, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = pad_id, 0
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    axes.update({n: {0: "batch"} for n in names.values()})
+    torch.onnx.export(
+        ExportWrapper(model),
+        (ids, mask),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=[names[t] for t in model.schema.names],
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    model.eval()  # the exporter leaves the module in training mode
+    model.encoder.set_attn_implementation(was)
+    return path
+
+
+def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
+    """Fuse attention, LayerNorm and GELU with ONNX Runtime's transformer optimizer."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    opt.save_model_to_file(str(dst))
+    return dst
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """Names of the nodes dynamic quantization would turn into int8 kernels."""
+    kinds = {"MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Gemm"}
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in kinds]
+
+
+def quantize(src: Path, dst: Path, exclude: Sequence[str] = (), per_channel: bool = True) -> Path:
+    """Dynamic int8 for AVX-512 VNNI: signed int8 weights, uint8 activations, full range
+    (VNNI does not need reduce_range), per-channel weights; embeddings quantized too so the
+    bundle stays small."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=per_channel,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+        nodes_to_exclude=list(exclude),
+        # Fused contrib ops (Attention, EmbedLayerNormalization) defeat shape inference.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return dst
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_predictor(
+    sess: ort.InferenceSession, tokenizer, schema: LabelSchema, max_length: int, batch_size: int = 64
+) -> Predictor:
+    """texts -> logits per task from an ONNX session, tokenized exactly as in training."""
+    names = output_names(schema)
+    outs = [names[t] for t in schema.names]
+
+    def predict(texts: Sequence[str]) -> Logits:
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = np.argsort([len(x) for x in enc], kind="stable")
+        parts: list[list[np.ndarray]] = []
+        for s in range(0, len(order), batch_size):
+            chunk = [enc[i] for i in order[s : s + batch_size]]
+            n = max(len(x) for x in chunk)
+            ids = np.full((len(chunk), n), tokenizer.pad_token_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), n), dtype=np.int64)
+            for i, x in enumerate(chunk):
+                ids[i, : len(x)], mask[i, : len(x)] = x, 1
+            parts.append(sess.run(outs, {"input_ids": ids, "attention_mask": mask}))
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        return {t: np.concatenate([p[k] for p in parts])[inv] for k, t in enumerate(schema.names)}
+
+    return predict
+
+
+def agreement(a: Logits, b: Logits) -> dict[str, float]:
+    return {t: round(100.0 * float((a[t].argmax(-1) == b[t].argmax(-1)).mean()), 2) for t in a}
+
+
+def _eval_logits(predict: Predictor, tasks_texts: dict[str, list[str]]) -> Logits:
+    return {t: predict(texts)[t] for t, texts in tasks_texts.items()}
+
+
+def choose_exclusions(
+    fp32: Path,
+    tokenizer,
+    schema: LabelSchema,
+    max_length: int,
+    texts: dict[str, list[str]],
+    target: float,
+    max_excluded: int,
+) -> tuple[list[str], dict[str, float]]:
+    """Greedy sensitivity search on *validation* texts: keep in fp32 the nodes whose
+    quantization alone disturbs the argmax most, until every task's agreement ≥ target."""
+    ref = _eval_logits(ort_predictor(session(fp32), tokenizer, schema, max_length), texts)
+    tmp = Path(tempfile.mkdtemp(prefix="ct-quant-"))
+    try:
+
+        def agree(exclude: Sequence[str]) -> dict[str, float]:
+            q = quantize(fp32, tmp / "q.onnx", exclude)
+            got = _eval_logits(ort_predictor(session(q), tokenizer, schema, max_length), texts)
+            return agreement(ref, got)
+
+        base = agree([])
+        if min(base.values()) >= target:
+            return [], base
+        nodes = [n for n in quantizable_nodes(fp32)]
+        # Sensitivity of a node: how much the worst task's agreement rises when only it stays fp32.
+        gains = {}
+        for n in tqdm(nodes, desc="quantization sensitivity", unit="node"):
+            a = agree([n])
+            gains[n] = sum(a.values()) - sum(base.values())
+        ranked = sorted(nodes, key=lambda n: -gains[n])
+        chosen: list[str] = []
+        current = base
+        for n in ranked[:max_excluded]:
+            if min(current.values()) >= target:
+                break
+            chosen.append(n)
+            current = agree(chosen)
+            log.info("keeping %s in fp32: agreement %s", n, current)
+        return chosen, current
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tokenizer_json(tokenizer, max_length: int, dst: Path) -> Path:
+    """The fast tokenizer's file, with truncation at max_length and no fixed padding (serving
+    pads each batch to its longest member)."""
+    tok = tokenizer.backend_tokenizer
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    tok.save(str(dst))
+    return dst
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def build_bundle(
+    model: MultiTaskModel,
+    tokenizer,
+    schema: LabelSchema,
+    corpus,
+    out: Path,
+    *,
+    name: str,
+    base_model: str,
+    max_length: int,
+    temperatures: dict[str, float],
+    training: dict[str, object] | None = None,
+    gate: ExportGate | None = None,
+    precision: str = "int8",
+    max_excluded: int = 8,
+    torch_predict: Predictor | None = None,
+) -> ExportReport:
+    """Export, optimize, quantize and check; write the bundle to ``out`` only if it passes.
+
+    Raises ExportCheckFailed (with the report in the message) when a check fails.
+    """
+    gate = gate or ExportGate()
+    cfg = model.encoder.config
+    work = Path(tempfile.mkdtemp(prefix="ct-export-"))
+    try:
+        raw = export_onnx(model, work / "raw.onnx", tokenizer.pad_token_id)
+        fp32 = optimize(raw, work / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+        ort32 = ort_predictor(session(fp32), tokenizer, schema, max_length)
+
+        # 1. fp32 parity against PyTorch, on real test texts (padding included).
+        sets = eval_sets(corpus, "test")
+        sample = [t for texts, _, _ in sets.values() for t in texts[:200]]
+        torch_predict = torch_predict or _torch_predictor(model, tokenizer, max_length)
+        a, b = torch_predict(sample), ort32(sample)
+        diff = max(float(np.abs(a[t] - b[t]).max()) for t in schema.names)
+        log.info("fp32 ONNX vs PyTorch: max |logit diff| = %.2e", diff)
+
+        fp32_metrics, fp32_logits = evaluate(ort32, schema, corpus, "test")
+        failures: list[str] = []
+        if diff > gate.fp32_max_abs_diff:
+            failures.append(f"fp32 ONNX differs from PyTorch by {diff:.2e} > {gate.fp32_max_abs_diff}")
+
+        quant: dict[str, object] = {"method": "none"}
+        final = fp32
+        int8_metrics, agree = fp32_metrics, {t: 100.0 for t in fp32_logits}
+        if precision == "int8":
+            val_texts = _agreement_texts(corpus)
+            exclude, val_agree = choose_exclusions(
+                fp32, tokenizer, schema, max_length, val_texts, gate.int8_min_agreement, max_excluded
+            )
+            final = quantize(fp32, work / "int8.onnx", exclude)
+            ort8 = ort_predictor(session(final), tokenizer, schema, max_length)
+            int8_metrics, int8_logits = evaluate(ort8, schema, corpus, "test")
+            agree = agreement(fp32_logits, int8_logits)
+            quant = {
+                "method": "dynamic int8 (ONNX Runtime), preset avx512_vnni",
+                "weights": "int8 per-channel, symmetric",
+                "activations": "uint8 dynamic, full range",
+                "kept_fp32": exclude,
+                "validation_agreement": val_agree,
+            }
+            for t, v in agree.items():
+                if v < gate.int8_min_agreement:
+                    failures.append(f"int8 agrees with fp32 on {v}% of {t} test posts < {gate.int8_min_agreement}%")
+            for t, m in fp32_metrics.items():
+                for k, v in m.items():
+                    if k == "n" or "flagged" in k:
+                        continue
+                    drop = v - int8_metrics[t][k]
+                    if drop > gate.int8_max_metric_drop:
+                        failures.append(f"int8 {t} {k} {int8_metrics[t][k]} is {drop:.2f} below fp32 {v}")
+
+        # 2. Write the bundle.
+        stage = work / "bundle"
+        stage.mkdir()
+        shutil.copy(final, stage / "model.onnx")
+        tokenizer_json(tokenizer, max_length, stage / "tokenizer.json")
+        schema.save(stage / "label_schema.json")
+        version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+        meta = BundleMeta(
+            name=name,
+            version=f"{name}-{version}-{precision}",
+            created_at=datetime.now(UTC),
+            base_model=base_model,
+            max_length=max_length,
+            precision=precision,  # type: ignore[arg-type]
+            pad_token_id=int(tokenizer.pad_token_id),
+            outputs=output_names(schema),
+            temperatures=temperatures,
+            metrics=int8_metrics,
+            quantization=quant | {"fp32_metrics": fp32_metrics, "int8_agreement": agree},
+            training=training or {},
+        )
+        write_meta(stage, meta)
+        mb = dir_mb(stage)
+        if mb > gate.max_bundle_mb:
+            failures.append(f"bundle is {mb:.1f} MB > {gate.max_bundle_mb} MB")
+        report = ExportReport(diff, agree, fp32_metrics, int8_metrics, quant, round(mb, 2), not failures, failures)
+        (stage / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        if failures:
+            raise ExportCheckFailed("; ".join(failures))
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(stage, out)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _torch_predictor(model, tokenizer, max_length):
+    from training.train import make_predictor
+
+    return make_predictor(model, tokenizer, max_length)
+
+
+def _agreement_texts(corpus) -> dict[str, list[str]]:
+    """Texts that choose the fp32 nodes: validation posts and training complaints, never test."""
+    val = list(corpus["val"]["text"])
+    comp = [t for t, s in zip(corpus["train"]["text"], corpus["train"]["source"], strict=True) if s == "complaints"]
+    return {"sentiment": val, "topic": val, "actionability": comp[:1000] or val}

@@ -1,0 +1,113 @@
+"""MLflow: the run, its whole config, metrics, figures and artifacts; the registry and the
+``champion`` alias that moves only when the quality gate passes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+class QualityGate(BaseModel):
+    """Floors a model must meet, and how far below the current champion it may fall."""
+
+    floors: dict[str, float] = Field(
+        default_factory=lambda: {
+            "sentiment.macro_f1": 80.0,
+            "topic.macro_f1": 60.0,
+            "actionability.complaint_vs_rest_macro_f1": 85.0,
+        }
+    )
+    max_regression: float = 0.5
+
+    def check(
+        self, metrics: dict[str, dict[str, float]], champion: dict[str, float] | None
+    ) -> list[str]:
+        """The reasons the gate fails; empty when it passes."""
+        flat = flatten(metrics)
+        failures = []
+        for key, floor in self.floors.items():
+            v = flat.get(key)
+            if v is None:
+                failures.append(f"{key} missing")
+            elif v < floor:
+                failures.append(f"{key} {v} < floor {floor}")
+            elif champion and key in champion and v < champion[key] - self.max_regression:
+                failures.append(f"{key} {v} < champion {champion[key]} - {self.max_regression}")
+        return failures
+
+
+def flatten(metrics: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{t}.{k}": float(v) for t, m in metrics.items() for k, v in m.items()}
+
+
+def flat_params(obj: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+def setup(tracking_uri: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def log_config(mlflow, config: BaseModel) -> None:
+    """The whole typed config: as a JSON artifact and as flat params for search."""
+    d = json.loads(config.model_dump_json())
+    mlflow.log_dict(d, "config.json")
+    mlflow.log_params(flat_params(d))
+
+
+def champion_metrics(client, name: str) -> dict[str, float] | None:
+    """The test metrics of the version the ``champion`` alias points at, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    run = client.get_run(mv.run_id)
+    return {
+        k.removeprefix("test."): v for k, v in run.data.metrics.items() if k.startswith("test.")
+    }
+
+
+def register_bundle(mlflow, bundle: Path, name: str, metrics, gate: QualityGate) -> dict:
+    """Log the bundle, register its ONNX graph as a new version of ``name``, and move the
+    champion alias to it only when the gate passes against floors and the current champion."""
+    import onnx
+    from mlflow import MlflowClient
+
+    mlflow.log_artifacts(str(bundle), artifact_path="bundle")
+    client = MlflowClient()
+    before = champion_metrics(client, name)
+    info = mlflow.onnx.log_model(
+        onnx.load(str(bundle / "model.onnx")), name="model", registered_model_name=name
+    )
+    version = str(info.registered_model_version)
+    failures = gate.check(metrics, before)
+    result = {"name": name, "version": version, "gate_failures": failures, "champion": False}
+    if not failures:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        result["champion"] = True
+        log.info("%s v%s passed the quality gate: alias %r moved", name, version, CHAMPION)
+    else:
+        client.set_model_version_tag(name, version, "gate_failures", "; ".join(failures))
+        log.warning("%s v%s failed the quality gate: %s", name, version, failures)
+    mlflow.set_tags({"registered_version": version, "champion": str(result["champion"])})
+    return result

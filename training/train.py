@@ -1,0 +1,199 @@
+"""Multi-task fine-tuning: one shuffled stream of rows, a masked loss per head."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from features.schema import LabelSchema
+from training.config import TrainConfig
+from training.data import IGNORE
+from training.evaluate import Logits, evaluate, eval_sets, fit_temperature
+from training.model import MultiTaskModel
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Trained:
+    model: MultiTaskModel
+    tokenizer: PreTrainedTokenizerBase
+    schema: LabelSchema
+    config: TrainConfig
+    history: list[dict[str, float]]
+    temperatures: dict[str, float]
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, group: int = 50
+) -> list[list[int]]:
+    """Shuffle, sort by length inside groups of ``group`` batches, shuffle the batches:
+    batches of similar lengths (little padding) in random order."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    batches: list[list[int]] = []
+    step = batch_size * group
+    for s in range(0, len(idx), step):
+        chunk = sorted(idx[s : s + step], key=lambda i: lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def make_predictor(model: MultiTaskModel, tokenizer, max_length: int, batch_size: int = 64):
+    """texts -> logits per task, in input order (length-sorted batches inside)."""
+
+    @torch.inference_mode()
+    def predict(texts: Sequence[str]) -> Logits:
+        model.eval()
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = np.argsort([len(x) for x in enc], kind="stable")
+        out: dict[str, list[np.ndarray]] = {n: [] for n in model.schema.names}
+        for s in range(0, len(order), batch_size):
+            ids, mask = collate([enc[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+            for n, v in model(ids, mask).items():
+                out[n].append(v.float().numpy())
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        return {n: np.concatenate(v)[inv] for n, v in out.items()}
+
+    return predict
+
+
+def load_tokenizer(cfg: TrainConfig):
+    return AutoTokenizer.from_pretrained(cfg.base_model)
+
+
+def build_model(cfg: TrainConfig, schema: LabelSchema, tokenizer) -> MultiTaskModel:
+    if cfg.tiny:
+        return MultiTaskModel.tiny(schema, vocab_size=len(tokenizer), seed=cfg.seed)
+    return MultiTaskModel.from_pretrained(cfg.base_model, schema, dropout=cfg.dropout)
+
+
+def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
+    """Fine-tune all heads jointly; ``on_epoch(epoch, metrics)`` is called after each epoch."""
+    seed_everything(cfg.seed)
+    torch.set_num_threads(max(1, cfg.threads))
+    schema = LabelSchema.load(cfg.label_schema)
+    tokenizer = load_tokenizer(cfg)
+    model = build_model(cfg, schema, tokenizer)
+    if cfg.freeze_word_embeddings:
+        # Tweets are short and the data small: the pretrained vocabulary is kept as it is,
+        # which also makes training a third faster and int8 quantization of it safer.
+        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+
+    train_ds = corpus["train"]
+    enc = tokenizer(list(train_ds["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
+    labels = {t: torch.tensor(train_ds[t]) for t in schema.names}
+    lengths = [len(x) for x in enc]
+
+    head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
+    enc_params = [p for n, p in model.named_parameters() if not n.startswith("heads.") and p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(enc) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    rng = random.Random(cfg.seed)
+    predict = make_predictor(model, tokenizer, cfg.max_length)
+    history: list[dict[str, float]] = []
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+        running = {t: 0.0 for t in schema.names}
+        counts = {t: 0 for t in schema.names}
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
+        for b in bar:
+            ids, mask = collate([enc[i] for i in b], tokenizer.pad_token_id)
+            out = model(ids, mask)
+            loss = torch.zeros(())
+            for t in schema.names:
+                y = labels[t][b]
+                if (y != IGNORE).any():
+                    lt = loss_fn(out[t], y)
+                    loss = loss + cfg.task_weights.get(t, 1.0) * lt
+                    running[t] += lt.item()
+                    counts[t] += 1
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        row: dict[str, float] = {"epoch": epoch}
+        row.update({f"train_loss_{t}": running[t] / max(1, counts[t]) for t in schema.names})
+        val_metrics, _ = evaluate(predict, schema, corpus, split="val")
+        for t, m in val_metrics.items():
+            row.update({f"val_{t}_{k}": v for k, v in m.items() if k != "n"})
+        history.append(row)
+        log.info("epoch %d: %s", epoch, json.dumps(row))
+        if on_epoch:
+            on_epoch(epoch, row)
+
+    temperatures = calibrate(predict, corpus, schema)
+    return Trained(model.eval(), tokenizer, schema, cfg, history, temperatures)
+
+
+def calibrate(predict, corpus: DatasetDict, schema: LabelSchema) -> dict[str, float]:
+    """Per-task temperature on validation rows; 1.0 for a task without validation data."""
+    temps = {t: 1.0 for t in schema.names}
+    for task, (texts, gold, _) in eval_sets(corpus, "val").items():
+        if texts:
+            temps[task] = fit_temperature(predict(texts)[task], gold)
+    return temps
+
+
+def save_checkpoint(trained: Trained, out: Path) -> Path:
+    """Weights, tokenizer, label schema and config together (labels saved with the weights)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(trained.model.state_dict(), out / "model.pt")
+    trained.model.encoder.config.save_pretrained(out / "encoder")
+    trained.tokenizer.save_pretrained(out / "tokenizer")
+    trained.schema.save(out / "label_schema.json")
+    (out / "train_config.json").write_text(trained.config.model_dump_json(indent=2))
+    (out / "temperatures.json").write_text(json.dumps(trained.temperatures, indent=2))
+    return out
+
+
+def load_checkpoint(path: Path) -> Trained:
+    from transformers import AutoConfig, AutoModel
+
+    cfg = TrainConfig.model_validate_json((path / "train_config.json").read_text())
+    schema = LabelSchema.load(path / "label_schema.json")
+    tok = AutoTokenizer.from_pretrained(path / "tokenizer")
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(path / "encoder"), add_pooling_layer=False)
+    model = MultiTaskModel(encoder, schema, cfg.dropout)
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    temps = json.loads((path / "temperatures.json").read_text())
+    return Trained(model.eval(), tok, schema, cfg, [], temps)
