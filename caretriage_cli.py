@@ -55,8 +55,18 @@ def cmd_train(args) -> int:
 
     cfg = _train_config(args)
     res = run(cfg, Path(args.bundle_dir) if args.bundle_dir else None, export=not args.no_export)
-    print(json.dumps({"run_id": res.run_id, "seconds": round(res.seconds), "metrics": res.metrics,
-                      "bundle": str(res.bundle), "registry": res.registry}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_id": res.run_id,
+                "seconds": round(res.seconds),
+                "metrics": res.metrics,
+                "bundle": str(res.bundle),
+                "registry": res.registry,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -73,10 +83,20 @@ def cmd_export(args) -> int:
     corpus = load_corpus(tr.config.data, schema)
     out = Path(args.out)
     report = build_bundle(
-        tr.model, tr.tokenizer, schema, corpus, out, name=tr.config.name,
-        base_model=Path(tr.config.base_model).name, max_length=tr.config.max_length,
-        temperatures=tr.temperatures, precision=args.precision,
-        training={"checkpoint": str(args.checkpoint), "config": json.loads(tr.config.model_dump_json())},
+        tr.model,
+        tr.tokenizer,
+        schema,
+        corpus,
+        out,
+        name=tr.config.name,
+        base_model=Path(tr.config.base_model).name,
+        max_length=tr.config.max_length,
+        temperatures=tr.temperatures,
+        precision=args.precision,
+        training={
+            "checkpoint": str(args.checkpoint),
+            "config": json.loads(tr.config.model_dump_json()),
+        },
     )
     write_model_card(out, tr.config, report.int8_metrics, report)
     print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -152,7 +172,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = parser().parse_args(argv)
     return args.fn(args)
 

@@ -31,7 +31,9 @@ class TaskSpec(BaseModel):
             raise ValueError(f"task {self.name!r}: duplicate labels")
         unknown = set(self.positive_labels) - set(self.labels)
         if unknown:
-            raise ValueError(f"task {self.name!r}: positive_labels not in labels: {sorted(unknown)}")
+            raise ValueError(
+                f"task {self.name!r}: positive_labels not in labels: {sorted(unknown)}"
+            )
         return self
 
     def index(self, label: str) -> int:

@@ -12,7 +12,7 @@ import re
 
 NORMALIZER_VERSION = "tweet-v1"
 
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)\S*", re.IGNORECASE)
 _HANDLE = re.compile(r"(?<![\w@])@\w{1,50}")
 _SPACE = re.compile(r"\s+")
 

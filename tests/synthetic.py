@@ -55,6 +55,10 @@ def corpus(schema: LabelSchema, n: int = 120, seed: int = 0) -> DatasetDict:
     domains = [rng.choice(["random_tweet", "retail", "apparel"]) for _ in range(len(comp))]
     comp = comp.add_column("fold", [0] * len(comp)).add_column("domain", domains)
     return DatasetDict(
-        {"train": train, "val": rows(n // 3, "airline"), "test": rows(n // 3, "airline"),
-         "complaints_test": comp}
+        {
+            "train": train,
+            "val": rows(n // 3, "airline"),
+            "test": rows(n // 3, "airline"),
+            "complaints_test": comp,
+        }
     )

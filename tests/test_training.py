@@ -11,11 +11,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("mlflow")
 
-from features.bundle import read_bundle  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.export import ExportGate  # noqa: E402
-from training.tracking import CHAMPION, QualityGate  # noqa: E402
-from training.train import length_grouped_batches  # noqa: E402
+from features.bundle import read_bundle
+from training.config import TrainConfig
+from training.export import ExportGate
+from training.tracking import CHAMPION, QualityGate
+from training.train import length_grouped_batches
 
 
 @pytest.mark.parametrize("n,bs", [(1, 4), (10, 3), (257, 32)])
@@ -34,8 +34,18 @@ def test_length_grouped_batches_cover_every_row_once(n, bs):
     [
         ({"sentiment": {"macro_f1": 83.0}}, None, {"sentiment.macro_f1": 82.0}, True),
         ({"sentiment": {"macro_f1": 81.0}}, None, {"sentiment.macro_f1": 82.0}, False),
-        ({"sentiment": {"macro_f1": 83.0}}, {"sentiment.macro_f1": 84.0}, {"sentiment.macro_f1": 82.0}, False),
-        ({"sentiment": {"macro_f1": 83.6}}, {"sentiment.macro_f1": 84.0}, {"sentiment.macro_f1": 82.0}, True),
+        (
+            {"sentiment": {"macro_f1": 83.0}},
+            {"sentiment.macro_f1": 84.0},
+            {"sentiment.macro_f1": 82.0},
+            False,
+        ),
+        (
+            {"sentiment": {"macro_f1": 83.6}},
+            {"sentiment.macro_f1": 84.0},
+            {"sentiment.macro_f1": 82.0},
+            True,
+        ),
         ({"topic": {"macro_f1": 70.0}}, None, {"sentiment.macro_f1": 0.0}, False),
     ],
 )
@@ -47,8 +57,13 @@ def test_quality_gate(metrics, champion, floors, ok):
 @pytest.fixture()
 def tiny_cfg(tmp_path):
     return TrainConfig(
-        tiny=True, epochs=1, batch_size=16, max_length=32, threads=1,
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", output_dir=tmp_path / "out",
+        tiny=True,
+        epochs=1,
+        batch_size=16,
+        max_length=32,
+        threads=1,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        output_dir=tmp_path / "out",
         name="tiny-test",
     )
 
@@ -77,8 +92,13 @@ def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{res.run_id}/config.json"))
     assert logged["epochs"] == 1 and logged["tiny"] is True
     # The same job under a gate it passes moves the alias to the new version.
-    res2 = run(tiny_cfg, tmp_path / "bundle2", corpus=tiny_corpus, export_gate=relaxed,
-               gate=QualityGate(floors={}))
+    res2 = run(
+        tiny_cfg,
+        tmp_path / "bundle2",
+        corpus=tiny_corpus,
+        export_gate=relaxed,
+        gate=QualityGate(floors={}),
+    )
     assert res2.registry == {**res2.registry, "version": "2", "champion": True}
     assert res2.shipped and read_bundle(tmp_path / "bundle2").meta.name == "tiny-test"
     assert str(client.get_model_version_by_alias("tiny-test", CHAMPION).version) == "2"

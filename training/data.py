@@ -45,7 +45,8 @@ def _finish(ds: Dataset, schema: LabelSchema, source: str, fn) -> Dataset:
             "source": source,
         }
 
-    return ds.map(row, remove_columns=ds.column_names)
+    # No map cache: a changed normalizer must never be served stale rows.
+    return ds.map(row, remove_columns=ds.column_names, load_from_cache_file=False)
 
 
 def _csv(path: Path) -> Dataset:
@@ -70,9 +71,7 @@ def complaints(cfg: DataConfig, schema: LabelSchema) -> Dataset:
     """Complaints corpus with actionability: complaint, else none for random tweets and
     replies, else the project's request/none annotation. Keeps ``fold``."""
     d = cfg.data_dir / "complaints"
-    kinds = {
-        str(r["tweet_id"]): r["kind"] for r in _csv(d / "actionability_labels.csv")
-    }
+    kinds = {str(r["tweet_id"]): r["kind"] for r in _csv(d / "actionability_labels.csv")}
 
     def label(ex) -> dict:
         if int(ex["complaint"]) == 1:
@@ -109,14 +108,16 @@ def extra(spec: str, schema: LabelSchema) -> Dataset:
     else:
         ds = datasets.load_dataset(spec, split="train")
     cols = set(ds.column_names)
-    return _finish(ds, schema, p.stem or spec, lambda ex: {t: ex.get(t) for t in cols & set(schema.names)})
+    return _finish(
+        ds, schema, p.stem or spec, lambda ex: {t: ex.get(t) for t in cols & set(schema.names)}
+    )
 
 
 def _only(ds: Dataset, tasks: list[str]) -> Dataset:
     """Blank the labels of tasks not trained in this run, then drop rows left with none."""
     drop = [t for t in ("topic", "sentiment", "actionability") if t not in tasks]
     if drop:
-        ds = ds.map(lambda ex: {t: IGNORE for t in drop})
+        ds = ds.map(lambda ex: {t: IGNORE for t in drop}, load_from_cache_file=False)
     return ds.filter(lambda ex: any(ex[t] != IGNORE for t in tasks))
 
 

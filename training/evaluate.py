@@ -27,7 +27,9 @@ def _pct(x: float) -> float:
     return round(100.0 * float(x), 2)
 
 
-def eval_sets(corpus: DatasetDict, split: str = "test") -> dict[str, tuple[list[str], list[int], list[str]]]:
+def eval_sets(
+    corpus: DatasetDict, split: str = "test"
+) -> dict[str, tuple[list[str], list[int], list[str]]]:
     """Per task: (texts, gold label ids, domains) of the rows that carry that task's label."""
     air = corpus[split]
     out: dict[str, tuple[list[str], list[int], list[str]]] = {}
@@ -111,8 +113,15 @@ def confusion_figure(schema: LabelSchema, task: str, logits: np.ndarray, gold: S
     ax.set_yticks(range(len(labels)), labels)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{task} (counts; colour = row share)")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from features.bundle import BundleMeta, write_meta
 from features.schema import LabelSchema
-from training.evaluate import Logits, Predictor, evaluate, eval_sets
+from training.evaluate import Logits, Predictor, eval_sets, evaluate
 from training.model import ExportWrapper, MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,11 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
 def quantizable_nodes(path: Path) -> list[str]:
     """Names of the nodes dynamic quantization would turn into int8 kernels."""
     kinds = {"MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Gemm"}
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in kinds]
+    return [
+        n.name
+        for n in onnx.load(str(path), load_external_data=False).graph.node
+        if n.op_type in kinds
+    ]
 
 
 def quantize(src: Path, dst: Path, exclude: Sequence[str] = (), per_channel: bool = True) -> Path:
@@ -136,7 +140,11 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
 
 
 def ort_predictor(
-    sess: ort.InferenceSession, tokenizer, schema: LabelSchema, max_length: int, batch_size: int = 64
+    sess: ort.InferenceSession,
+    tokenizer,
+    schema: LabelSchema,
+    max_length: int,
+    batch_size: int = 64,
 ) -> Predictor:
     """texts -> logits per task from an ONNX session, tokenized exactly as in training."""
     names = output_names(schema)
@@ -266,7 +274,9 @@ def build_bundle(
         fp32_metrics, fp32_logits = evaluate(ort32, schema, corpus, "test")
         failures: list[str] = []
         if diff > gate.fp32_max_abs_diff:
-            failures.append(f"fp32 ONNX differs from PyTorch by {diff:.2e} > {gate.fp32_max_abs_diff}")
+            failures.append(
+                f"fp32 ONNX differs from PyTorch by {diff:.2e} > {gate.fp32_max_abs_diff}"
+            )
 
         quant: dict[str, object] = {"method": "none"}
         final = fp32
@@ -274,7 +284,13 @@ def build_bundle(
         if precision == "int8":
             val_texts = _agreement_texts(corpus)
             exclude, val_agree = choose_exclusions(
-                fp32, tokenizer, schema, max_length, val_texts, gate.int8_min_agreement, max_excluded
+                fp32,
+                tokenizer,
+                schema,
+                max_length,
+                val_texts,
+                gate.int8_min_agreement,
+                max_excluded,
             )
             final = quantize(fp32, work / "int8.onnx", exclude)
             ort8 = ort_predictor(session(final), tokenizer, schema, max_length)
@@ -289,14 +305,19 @@ def build_bundle(
             }
             for t, v in agree.items():
                 if v < gate.int8_min_agreement:
-                    failures.append(f"int8 agrees with fp32 on {v}% of {t} test posts < {gate.int8_min_agreement}%")
+                    failures.append(
+                        f"int8 agrees with fp32 on {v}% of {t} test posts"
+                        f" < {gate.int8_min_agreement}%"
+                    )
             for t, m in fp32_metrics.items():
                 for k, v in m.items():
                     if k == "n" or "flagged" in k:
                         continue
                     drop = v - int8_metrics[t][k]
                     if drop > gate.int8_max_metric_drop:
-                        failures.append(f"int8 {t} {k} {int8_metrics[t][k]} is {drop:.2f} below fp32 {v}")
+                        failures.append(
+                            f"int8 {t} {k} {int8_metrics[t][k]} is {drop:.2f} below fp32 {v}"
+                        )
 
         # 2. Write the bundle.
         stage = work / "bundle"
@@ -323,8 +344,12 @@ def build_bundle(
         mb = dir_mb(stage)
         if mb > gate.max_bundle_mb:
             failures.append(f"bundle is {mb:.1f} MB > {gate.max_bundle_mb} MB")
-        report = ExportReport(diff, agree, fp32_metrics, int8_metrics, quant, round(mb, 2), not failures, failures)
-        (stage / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        report = ExportReport(
+            diff, agree, fp32_metrics, int8_metrics, quant, round(mb, 2), not failures, failures
+        )
+        (stage / "export_report.json").write_text(
+            json.dumps(report.to_dict(), indent=2, default=str)
+        )
         if failures:
             raise ExportCheckFailed("; ".join(failures))
         if out.exists():
@@ -345,5 +370,9 @@ def _torch_predictor(model, tokenizer, max_length):
 def _agreement_texts(corpus) -> dict[str, list[str]]:
     """Texts that choose the fp32 nodes: validation posts and training complaints, never test."""
     val = list(corpus["val"]["text"])
-    comp = [t for t, s in zip(corpus["train"]["text"], corpus["train"]["source"], strict=True) if s == "complaints"]
+    comp = [
+        t
+        for t, s in zip(corpus["train"]["text"], corpus["train"]["source"], strict=True)
+        if s == "complaints"
+    ]
     return {"sentiment": val, "topic": val, "actionability": comp[:1000] or val}

@@ -47,7 +47,9 @@ class MultiTaskModel(nn.Module):
         )
         return cls(AutoModel.from_config(cfg, add_pooling_layer=False), schema)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         pooled = self.dropout(mean_pool(out.last_hidden_state, attention_mask))
         return {name: head(pooled) for name, head in self.heads.items()}

@@ -54,9 +54,7 @@ def run(
     mlflow = setup(cfg.tracking_uri, cfg.experiment)
     with mlflow.start_run(run_name=f"{cfg.name}-{'+'.join(cfg.data.tasks)}") as active:
         log_config(mlflow, cfg)
-        mlflow.log_dict(
-            {k: len(v) for k, v in corpus.items()}, "data/rows_per_split.json"
-        )
+        mlflow.log_dict({k: len(v) for k, v in corpus.items()}, "data/rows_per_split.json")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -71,12 +69,15 @@ def run(
         sets = eval_sets(corpus, "test")
         for task in metrics:
             mlflow.log_figure(
-                confusion_figure(schema, task, logits[task], sets[task][1]), f"plots/confusion_{task}.png"
+                confusion_figure(schema, task, logits[task], sets[task][1]),
+                f"plots/confusion_{task}.png",
             )
         val = eval_sets(corpus, "val")
         for task, (texts, gold, _) in val.items():
             if texts and task in cfg.data.tasks:
-                fig = reliability_figure(task, predict(texts)[task], gold, trained.temperatures[task])
+                fig = reliability_figure(
+                    task, predict(texts)[task], gold, trained.temperatures[task]
+                )
                 mlflow.log_figure(fig, f"plots/calibration_{task}.png")
         ckpt = save_checkpoint(trained, cfg.output_dir / active.info.run_id)
         mlflow.log_artifacts(str(ckpt / "tokenizer"), artifact_path="tokenizer")
@@ -88,17 +89,33 @@ def run(
         if export:
             out = cfg.output_dir / active.info.run_id / "bundle"
             report = build_bundle(
-                trained.model, trained.tokenizer, schema, corpus, out,
-                name=cfg.name, base_model=Path(cfg.base_model).name if cfg.tiny is False else "tiny",
-                max_length=cfg.max_length, temperatures=trained.temperatures,
-                training={"mlflow_run_id": active.info.run_id, "config": json.loads(cfg.model_dump_json()),
-                          "epochs": trained.history},
-                gate=export_gate, torch_predict=predict,
+                trained.model,
+                trained.tokenizer,
+                schema,
+                corpus,
+                out,
+                name=cfg.name,
+                base_model=Path(cfg.base_model).name if cfg.tiny is False else "tiny",
+                max_length=cfg.max_length,
+                temperatures=trained.temperatures,
+                training={
+                    "mlflow_run_id": active.info.run_id,
+                    "config": json.loads(cfg.model_dump_json()),
+                    "epochs": trained.history,
+                },
+                gate=export_gate,
+                torch_predict=predict,
             )
             mlflow.log_dict(report.to_dict(), "export/report.json")
-            mlflow.log_metrics({"export.fp32_max_abs_diff": report.fp32_max_abs_diff,
-                                "export.bundle_mb": report.bundle_mb})
-            mlflow.log_metrics({f"export.int8_agreement.{t}": v for t, v in report.int8_agreement.items()})
+            mlflow.log_metrics(
+                {
+                    "export.fp32_max_abs_diff": report.fp32_max_abs_diff,
+                    "export.bundle_mb": report.bundle_mb,
+                }
+            )
+            mlflow.log_metrics(
+                {f"export.int8_agreement.{t}": v for t, v in report.int8_agreement.items()}
+            )
             mlflow.log_metrics(flatten(report.int8_metrics, "int8."))
             write_model_card(out, cfg, report.int8_metrics, report)
             gate = gate or QualityGate()

@@ -15,7 +15,9 @@ from training.pipeline import run
 log = logging.getLogger(__name__)
 
 
-def cross_validate(cfg: TrainConfig, folds: list[int] | None = None, out: Path | None = None) -> dict:
+def cross_validate(
+    cfg: TrainConfig, folds: list[int] | None = None, out: Path | None = None
+) -> dict:
     """Train on nine folds, test on the tenth, for each fold; mean and spread of the
     complaint-vs-rest macro-F1 (the published figure) and of the other actionability metrics."""
     per_fold: dict[int, dict[str, float]] = {}

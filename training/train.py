@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_sche
 from features.schema import LabelSchema
 from training.config import TrainConfig
 from training.data import IGNORE
-from training.evaluate import Logits, evaluate, eval_sets, fit_temperature
+from training.evaluate import Logits, eval_sets, evaluate, fit_temperature
 from training.model import MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     lengths = [len(x) for x in enc]
 
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
-    enc_params = [p for n, p in model.named_parameters() if not n.startswith("heads.") and p.requires_grad]
+    enc_params = [
+        p for n, p in model.named_parameters() if not n.startswith("heads.") and p.requires_grad
+    ]
     opt = torch.optim.AdamW(
         [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
         weight_decay=cfg.weight_decay,
@@ -192,7 +194,9 @@ def load_checkpoint(path: Path) -> Trained:
     cfg = TrainConfig.model_validate_json((path / "train_config.json").read_text())
     schema = LabelSchema.load(path / "label_schema.json")
     tok = AutoTokenizer.from_pretrained(path / "tokenizer")
-    encoder = AutoModel.from_config(AutoConfig.from_pretrained(path / "encoder"), add_pooling_layer=False)
+    encoder = AutoModel.from_config(
+        AutoConfig.from_pretrained(path / "encoder"), add_pooling_layer=False
+    )
     model = MultiTaskModel(encoder, schema, cfg.dropout)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
     temps = json.loads((path / "temperatures.json").read_text())

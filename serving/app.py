@@ -1,0 +1,160 @@
+"""The FastAPI application. ``create_app`` builds it; nothing happens at import.
+
+The lifespan loads everything heavy once (bundle, ONNX session, policy, store), warms the model
+and starts the batcher; routes receive them through ``serving.deps``. Run with
+``uvicorn --factory serving.app:app_factory`` or ``caretriage serve``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from features.bundle import read_bundle
+from serving.batcher import Batcher
+from serving.deps import check_auth_first
+from serving.errors import BodyLimitMiddleware, install_error_handlers
+from serving.inference import Scorer
+from serving.priority import load_policy
+from serving.routers import agents, health, model, score
+from serving.settings import Settings
+from serving.store import Store
+
+log = logging.getLogger("caretriage.serving")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+DESCRIPTION = """
+Turns social-media posts addressed to a brand into prioritized, routed customer-service work.
+
+`POST /v1/score` classifies each post (topic, sentiment, actionability), gives it a priority
+(0-100, P1-P4, respond-by time, reasons) and suggests agents from the roster (`/v1/agents`).
+Every `/v1` route needs `Authorization: Bearer <key>`. Errors share one body:
+`{"error": ..., "message": ..., "fields": [...]}`.
+"""
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record (use ``%(request_id)s`` in a format)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class RequestIdMiddleware:
+    """Takes ``X-Request-ID`` from the client (or makes one), exposes it to logs and handlers,
+    and echoes it on the response so a client can quote it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
+        rid = given[:64] if given.isprintable() and given else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        bundle = read_bundle(settings.model_dir)
+        policy = load_policy(settings.policy_file)
+        topics = bundle.schema_.task("topic").labels
+        unknown = policy.priority.unknown_topic_labels(topics)
+        if unknown:
+            log.warning(
+                "policy %s: severities for labels the model never predicts: %s",
+                settings.policy_file,
+                unknown,
+            )
+        extra = sorted(set(settings.abstain_below) - set(bundle.schema_.names))
+        if extra:
+            log.warning("abstain_below names tasks the model lacks: %s", extra)
+
+        scorer = await run_in_threadpool(
+            Scorer,
+            bundle,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            intra_op_threads=settings.intra_op_threads,
+        )
+        await run_in_threadpool(scorer.warmup)
+        store = Store(settings.database_url)
+        await run_in_threadpool(store.create_all)
+        batcher = Batcher(
+            scorer, max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens
+        )
+        batcher.start()
+        state.bundle, state.policy, state.scorer = bundle, policy, scorer
+        state.store, state.batcher = store, batcher
+        log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            store.dispose()
+            state.batcher = state.scorer = state.store = None
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: from the environment). Loading happens in the
+    lifespan, i.e. when the server (or a ``TestClient`` context) starts, not here."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="caretriage",
+        summary="Prioritized, routed customer-service work from social-media posts.",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=_make_lifespan(settings),
+    )
+    app.state.settings = settings
+    app.state.api_keys = settings.api_key_bytes()
+    app.state.auth_first = check_auth_first
+    app.state.bundle = app.state.policy = app.state.scorer = None
+    app.state.store = app.state.batcher = None
+    install_error_handlers(app)
+    for r in (health.router, model.router, agents.router, score.router):
+        app.include_router(r)
+    # Added last = outermost: ids first, then the size limit before anything reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory serving.app:app_factory``: settings from the environment."""
+    return create_app()

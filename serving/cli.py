@@ -1,0 +1,66 @@
+"""``serve(settings)``: run the API under uvicorn (called by the top-level ``caretriage`` CLI)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from serving.settings import Settings, SettingsError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def check(settings: Settings) -> None:
+    """Exit before binding the port, with one clear line, if the bundle or policy is unusable
+    (the lifespan would fail too, but buried in a traceback)."""
+    from pydantic import ValidationError
+
+    from features.bundle import BundleError, read_bundle
+    from serving.priority import PolicyError, load_policy
+
+    try:
+        read_bundle(settings.model_dir)
+        load_policy(settings.policy_file)
+    except (BundleError, PolicyError, ValidationError) as e:
+        raise SystemExit(f"caretriage: cannot serve: {e}") from e
+
+
+def _configure_logging(level: str) -> None:
+    from serving.app import RequestIdFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger("caretriage")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Serve until interrupted. One process holds one model; scale with more processes or
+    replicas, not uvicorn workers sharing a port (each would load its own copy anyway)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    if settings is None:
+        try:
+            settings = Settings()
+        except SettingsError as e:
+            raise SystemExit(f"caretriage: {e}") from e
+    _configure_logging(settings.log_level)
+    check(settings)
+    app = create_app(settings)
+    print(
+        f"caretriage: serving {settings.model_dir} on {settings.url} (docs {settings.url}/docs)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+        server_header=False,
+    )

@@ -1,0 +1,279 @@
+"""One error taxonomy, one error body.
+
+Every failure the API reports is an ``ApiError`` subclass (or is translated into one) and leaves
+as ``schemas.ErrorBody`` {error, message, fields}, so clients branch on ``error`` and show
+``message``; no handler lets a traceback or framework-specific shape escape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.schemas import ErrorBody
+
+log = logging.getLogger("caretriage.serving")
+
+# How many field errors the message spells out, and how many paths ``fields`` lists.
+_MESSAGE_ERRORS = 5
+_MAX_FIELDS = 100
+
+
+class ApiError(Exception):
+    """Base of every error the API reports on purpose."""
+
+    status_code: int = 500
+    error: str = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        fields: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = list(fields)
+        self.headers = dict(headers or {})
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.error, message=self.message, fields=self.fields)
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    error = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    error = "unauthorized"
+
+    def __init__(self, message: str = "missing or invalid API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ApiError):
+    status_code = 404
+    error = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+    error = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    error = "payload_too_large"
+
+
+class ValidationFailed(ApiError):
+    status_code = 422
+    error = "validation_failed"
+
+
+class Overloaded(ApiError):
+    status_code = 503
+    error = "overloaded"
+
+    def __init__(self, message: str = "too many posts waiting; retry shortly") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class ModelNotReady(ApiError):
+    status_code = 503
+    error = "model_not_ready"
+
+    def __init__(self, message: str = "the model is not loaded yet or is shutting down") -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+class InternalError(ApiError):
+    status_code = 500
+    error = "internal"
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting our error body for ``codes``."""
+    text = {
+        401: "Missing or invalid API key.",
+        404: "No such resource.",
+        413: "Request body too large.",
+        422: "Invalid request; `fields` names each field at fault.",
+        503: "Model not ready, or overloaded (retry after the Retry-After header).",
+    }
+    return {c: {"model": ErrorBody, "description": text.get(c, "Error.")} for c in codes}
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        ValidationFailed,
+    )
+}
+
+# Where FastAPI says a parameter came from; the field name follows it.
+_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """``("body", "posts", 3, "text")`` -> ``"posts.3.text"``; ``("body",)`` -> ``"body"``."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in _SOURCES:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def validation_failed(
+    errors: Sequence[Mapping[str, Any]], content_type: str | None
+) -> ValidationFailed:
+    """Turn pydantic/FastAPI error dicts into one ``ValidationFailed`` naming each field."""
+    lines: list[str] = []
+    fields: list[str] = []
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        kind = e.get("type", "")
+        if kind == "json_invalid":
+            # FastAPI puts the character offset in the location: name the body, say where.
+            pos = loc[1] if len(loc) > 1 else "?"
+            reason = (e.get("ctx") or {}).get("error", "invalid JSON")
+            path, msg = "body", f"invalid JSON at character {pos}: {reason}"
+        elif loc in {("body",), ()} and kind != "missing" and not _is_json(content_type):
+            path = "body"
+            got = f"got {content_type!r}" if content_type else "no Content-Type was sent"
+            msg = f"expected a JSON body with Content-Type: application/json; {got}"
+        else:
+            path = field_path(loc)
+            msg = "required" if kind == "missing" and path == "body" else str(e.get("msg", ""))
+        lines.append(f"{path}: {msg}")
+        if path not in fields:
+            fields.append(path)
+    shown = "; ".join(lines[:_MESSAGE_ERRORS])
+    if len(lines) > _MESSAGE_ERRORS:
+        shown += f"; and {len(lines) - _MESSAGE_ERRORS} more"
+    return ValidationFailed(shown or "invalid request", fields[:_MAX_FIELDS])
+
+
+def error_response(exc: ApiError, request: Request | None = None) -> JSONResponse:
+    headers = dict(exc.headers)
+    rid = getattr(getattr(request, "state", None), "request_id", None) if request else None
+    if rid:
+        headers["X-Request-ID"] = rid
+    return JSONResponse(exc.body().model_dump(), status_code=exc.status_code, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    if exc.status_code >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.error)
+    return error_response(exc, request)
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    auth_first = getattr(request.app.state, "auth_first", None)
+    if auth_first is not None:
+        try:
+            auth_first(request)
+        except ApiError as denied:
+            return error_response(denied, request)
+    return error_response(
+        validation_failed(exc.errors(), request.headers.get("content-type")), request
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, ...) in our shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"method {request.method} not allowed on {request.url.path}"
+    err = ApiError(detail, fields=["body"] if exc.status_code == 413 else (), headers=exc.headers)
+    err.status_code = exc.status_code
+    cls = _BY_STATUS.get(exc.status_code)
+    err.error = cls.error if cls else "http_error"
+    return error_response(err, request)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """A true bug: log the traceback server-side, return a bare 500 that leaks nothing."""
+    rid = getattr(request.state, "request_id", None)
+    log.error(
+        "unhandled error on %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc
+    )
+    msg = "internal error" + (f"; quote request id {rid}" if rid else "")
+    return error_response(InternalError(msg), request)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered.
+
+    Checks Content-Length up front, and counts streamed (chunked) bodies as they arrive, so a
+    client cannot make the server hold more than the limit in memory.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"body: request body exceeds {self.max_bytes} bytes", fields=["body"]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await error_response(self._too_large())(scope, receive, send)
+                    return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body reading untouched and is
+                    # rendered by the handler above as payload_too_large.
+                    raise StarletteHTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counting_receive, send)

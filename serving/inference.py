@@ -1,0 +1,188 @@
+"""ONNX Runtime inference over a model bundle: text in, calibrated per-task probabilities out.
+
+Everything model-specific (input/output names, max length, labels, temperatures, pad id) comes
+from the bundle metadata. Batches are sorted by token length and capped by tokens rather than
+by count, so short posts are not padded to the length of a long one and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from features.bundle import Bundle, BundleError, read_bundle
+from features.text import normalize_text
+
+log = logging.getLogger("caretriage.serving")
+
+_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``, stable for any logit magnitude."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def plan_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+) -> list[list[int]]:
+    """Group item indices into batches, longest first, so that each batch's padded size
+    (count x longest length) stays within ``max_batch_tokens`` and its count within
+    ``max_batch_size``. An item longer than the cap still runs, alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        if current and (
+            len(current) >= max_batch_size or (len(current) + 1) * width > max_batch_tokens
+        ):
+            batches.append(current)
+            current = []
+        if not current:
+            width = lengths[i]  # longest of the batch: items arrive in decreasing length
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Scorer:
+    """One ONNX Runtime session and one tokenizer for one bundle. Thread-safe for ``predict``
+    (ORT sessions allow concurrent ``run``); the batcher calls it from one worker thread."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 64,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.bundle = bundle
+        self.meta = bundle.meta
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.tasks = [t.name for t in bundle.schema_.tasks]
+        self.labels = {t.name: list(t.labels) for t in bundle.schema_.tasks}
+        self.temperatures = {t: float(self.meta.temperatures.get(t, 1.0)) for t in self.tasks}
+        bad = sorted(t for t, x in self.temperatures.items() if not x > 0)
+        if bad:
+            raise BundleError(f"{bundle.path}: temperatures must be > 0; not for {bad}")
+        unknown = sorted(set(self.meta.inputs) - _KNOWN_INPUTS)
+        if unknown:
+            raise BundleError(f"{bundle.path}: cannot feed ONNX inputs {unknown}")
+
+        self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
+        # The exported tokenizer may carry fixed padding (e.g. to 128); we pad per batch instead.
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.meta.max_length)
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(bundle.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._check_graph()
+        self._dtypes = {i.name: _INT_TYPES[i.type] for i in self.session.get_inputs()}
+        self._output_names = [self.meta.outputs[t] for t in self.tasks]
+        self._warm = threading.Event()
+
+    @classmethod
+    def from_dir(cls, path: str | Path, **kwargs: int) -> Scorer:
+        return cls(read_bundle(path), **kwargs)
+
+    def _check_graph(self) -> None:
+        """Fail at load, naming the mismatch, rather than at the first request."""
+        graph_inputs = {i.name: i.type for i in self.session.get_inputs()}
+        missing = [n for n in self.meta.inputs if n not in graph_inputs]
+        extra = [n for n in graph_inputs if n not in self.meta.inputs]
+        if missing or extra:
+            raise BundleError(
+                f"{self.bundle.path}: bundle.json inputs {self.meta.inputs} do not match the "
+                f"ONNX graph inputs {list(graph_inputs)}"
+            )
+        odd = {n: t for n, t in graph_inputs.items() if t not in _INT_TYPES}
+        if odd:
+            raise BundleError(f"{self.bundle.path}: ONNX inputs must be int32/int64, got {odd}")
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        absent = {t: o for t, o in self.meta.outputs.items() if o not in graph_outputs}
+        if absent:
+            raise BundleError(f"{self.bundle.path}: ONNX graph lacks outputs {absent}")
+
+    @property
+    def warm(self) -> bool:
+        return self._warm.is_set()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Normalize (exactly as in training) and tokenize, truncated at the bundle's max length."""
+        encodings = self.tokenizer.encode_batch([normalize_text(t) for t in texts])
+        return [e.ids for e in encodings]
+
+    def _run(self, ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """One ONNX run over a batch, right-padded to its longest sequence."""
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.meta.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        arrays = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(input_ids),
+        }
+        feed = {n: arrays[n].astype(self._dtypes[n], copy=False) for n in self.meta.inputs}
+        return self.session.run(self._output_names, feed)
+
+    def predict_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Probabilities per task, shape (n, n_labels), in the order of ``ids``."""
+        n = len(ids)
+        out = {t: np.empty((n, len(self.labels[t])), dtype=np.float64) for t in self.tasks}
+        if n == 0:
+            return out
+        for batch in plan_batches(
+            [len(x) for x in ids], self.max_batch_tokens, self.max_batch_size
+        ):
+            logits = self._run([ids[i] for i in batch])
+            for task, z in zip(self.tasks, logits, strict=True):
+                z = np.asarray(z)
+                if z.shape != (len(batch), len(self.labels[task])):
+                    raise BundleError(
+                        f"{self.bundle.path}: output {self.meta.outputs[task]!r} has shape "
+                        f"{z.shape}, expected ({len(batch)}, {len(self.labels[task])}) for the "
+                        f"labels of task {task!r}"
+                    )
+                out[task][batch] = softmax(z, self.temperatures[task])
+        return out
+
+    def predict(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Probabilities per task for raw post texts, shape (n, n_labels), in input order."""
+        return self.predict_encoded(self.encode(texts))
+
+    def warmup(self) -> None:
+        """Run short and full-length batches once so the first request does not pay for ORT's
+        lazy allocations, and so a bundle whose heads do not match its labels fails now."""
+        t0 = time.perf_counter()
+        self.predict(["warm up", "warm up " * self.meta.max_length])
+        self._warm.set()
+        log.info(
+            "model %s %s warm in %.0f ms",
+            self.meta.name,
+            self.meta.version,
+            1000 * (time.perf_counter() - t0),
+        )

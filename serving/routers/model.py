@@ -1,0 +1,28 @@
+"""What model is serving: read from the bundle metadata, never hard-coded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import Authorized, BundleDep, SettingsDep
+from serving.errors import responses
+from serving.schemas import ModelInfo
+
+router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Authorized])
+
+
+@router.get("/model", response_model=ModelInfo, responses=responses(401, 503))
+def model_info(bundle: BundleDep, settings: SettingsDep) -> ModelInfo:
+    """The serving model: version, labels per task, abstention thresholds and test metrics."""
+    meta = bundle.meta
+    tasks = {t.name: list(t.labels) for t in bundle.schema_.tasks}
+    return ModelInfo(
+        name=meta.name,
+        version=meta.version,
+        base_model=meta.base_model,
+        precision=meta.precision,
+        max_length=meta.max_length,
+        tasks=tasks,
+        abstain_below={t: settings.abstain_below.get(t, 0.0) for t in tasks},
+        metrics=meta.metrics,
+    )

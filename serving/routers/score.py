@@ -1,0 +1,113 @@
+"""POST /v1/score: posts in; per post the model's predictions, a priority and suggested agents."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from features.schema import TASK_NAMES, LabelSchema
+from serving import priority, routing
+from serving.deps import Authorized, BatcherDep, BundleDep, PolicyDep, SettingsDep, StoreDep
+from serving.errors import responses
+from serving.schemas import (
+    Actionable,
+    Agent,
+    Prediction,
+    Route,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+)
+from serving.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Authorized])
+
+
+def prediction(labels: list[str], probs: np.ndarray, abstain_below: float) -> Prediction:
+    """Argmax label; flagged uncertain (shown, not to be applied) under the task's threshold."""
+    best = int(np.argmax(probs))
+    confidence = float(probs[best])
+    return Prediction(
+        label=labels[best],
+        confidence=round(confidence, 4),
+        scores={lab: round(float(p), 4) for lab, p in zip(labels, probs, strict=True)},
+        uncertain=confidence < abstain_below,
+    )
+
+
+def build_results(
+    request: ScoreRequest,
+    probs: dict[str, np.ndarray],
+    schema: LabelSchema,
+    policy: priority.Policy,
+    agents: list[Agent],
+    settings: Settings,
+) -> list[ScoreResult]:
+    """Pure assembly of the response from model outputs, policy and roster (unit-testable)."""
+    actionability = schema.task("actionability")
+    positive = [actionability.index(lab) for lab in actionability.positive_labels]
+    negative_labels = schema.task("sentiment").positive_labels
+    results = []
+    for i, post in enumerate(request.posts):
+        preds = {
+            t: prediction(schema.task(t).labels, probs[t][i], settings.abstain_below.get(t, 0.0))
+            for t in TASK_NAMES
+        }
+        p_actionable = min(1.0, float(probs["actionability"][i][positive].sum()))
+        signals = priority.signals_from(
+            post, preds["topic"], preds["sentiment"], p_actionable, negative_labels
+        )
+        prio = priority.prioritize(signals, policy.priority)
+        matches = routing.rank_agents(
+            topic=preds["topic"].label,
+            topic_confidence=signals.topic_confidence,
+            p_negative=signals.p_negative,
+            priority=prio,
+            agents=agents,
+            policy=policy.routing,
+        )
+        results.append(
+            ScoreResult(
+                id=post.id,
+                topic=preds["topic"],
+                sentiment=preds["sentiment"],
+                actionability=preds["actionability"],
+                actionable=Actionable(
+                    label=p_actionable >= settings.actionable_threshold,
+                    probability=round(p_actionable, 4),
+                ),
+                priority=prio,
+                route=Route(agents=matches),
+            )
+        )
+    return results
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=responses(401, 413, 422, 503),
+    summary="Score, prioritize and route posts",
+)
+async def score(
+    body: ScoreRequest,
+    batcher: BatcherDep,
+    store: StoreDep,
+    bundle: BundleDep,
+    policy: PolicyDep,
+    settings: SettingsDep,
+) -> ScoreResponse:
+    """Runs the request's posts through the model together, reads the roster once, and returns
+    one result per post in request order."""
+    probs, agents = await asyncio.gather(
+        batcher.submit([p.text for p in body.posts]),
+        run_in_threadpool(store.list_agents),
+    )
+    # Priority and routing are pure Python over roster x posts: keep them off the event loop.
+    results = await run_in_threadpool(
+        build_results, body, probs, bundle.schema_, policy, agents, settings
+    )
+    return ScoreResponse(model_version=bundle.meta.version, results=results)

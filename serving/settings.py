@@ -1,0 +1,113 @@
+"""The one configuration object of the service, read from ``CARETRIAGE_*`` environment variables.
+
+Unsafe defaults are refused rather than papered over: the service does not start without API
+keys, nor with keys short enough to guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from serving.schemas import MAX_POSTS
+
+MIN_KEY_LENGTH = 16
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(RuntimeError):
+    """The configuration is unsafe or unusable. Not a ValueError on purpose: pydantic would
+    wrap it and echo the offending input, and the input here may be a secret."""
+
+
+def default_model_dir() -> Path:
+    """The bundle the repository ships/trains into, independent of the working directory."""
+    return REPO_ROOT / "models" / "caretriage-minilm"
+
+
+def _default_policy_file() -> Path:
+    # Imported lazily so that importing settings stays cheap and free of policy code.
+    from serving.priority import default_policy_path
+
+    return Path(default_policy_path())
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: ``CARETRIAGE_<FIELD>``; lists are comma-separated,
+    dicts are JSON (``CARETRIAGE_ABSTAIN_BELOW='{"topic": 0.6}'``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CARETRIAGE_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Bearer keys accepted by the API; at least one, each >= 16 characters.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, repr=False)
+    model_dir: Path = Field(default_factory=default_model_dir)
+    database_url: str = "sqlite:///./caretriage.db"
+    # Priority/routing policy YAML; default: the one shipped with the package.
+    policy_file: Path = Field(default_factory=_default_policy_file)
+    # Per-task confidence under which a prediction is flagged uncertain (shown, not applied);
+    # a task not listed never abstains.
+    abstain_below: dict[str, float] = Field(
+        default_factory=lambda: {"topic": 0.5, "sentiment": 0.5, "actionability": 0.5}
+    )
+    actionable_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # One ONNX run holds at most this many tokens (batch size x padded length) ...
+    max_batch_tokens: int = Field(default=8192, ge=1)
+    # ... and at most this many posts.
+    max_batch_size: int = Field(default=64, ge=1)
+    # Posts waiting for the model; beyond this the service answers 503 "overloaded".
+    max_queue: int = Field(default=2048, ge=MAX_POSTS)
+    # Request bodies above this many bytes get 413. 4 MiB fits 256 posts of 5000 3-byte chars.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # ONNX Runtime intra-op threads; 0 lets ORT use the physical cores.
+    intra_op_threads: int = Field(default=0, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "info"
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("abstain_below")
+    @classmethod
+    def _unit_thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, x in v.items() if not 0.0 <= x <= 1.0)
+        if bad:
+            raise ValueError(f"thresholds must be within 0-1; out of range for {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_keys(self) -> Self:
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if not keys:
+            raise SettingsError(
+                "no API keys configured: set CARETRIAGE_API_KEYS to one or more comma-separated "
+                f"keys of at least {MIN_KEY_LENGTH} characters (e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
+        if short:
+            raise SettingsError(
+                f"CARETRIAGE_API_KEYS: key(s) at position {short} are shorter than "
+                f"{MIN_KEY_LENGTH} characters; refusing to start with guessable keys"
+            )
+        return self
+
+    def api_key_bytes(self) -> list[bytes]:
+        """The keys as bytes, the form ``hmac.compare_digest`` compares in constant time."""
+        return [k.get_secret_value().encode("utf-8") for k in self.api_keys]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,196 @@
+"""Persistent state of the service: SQLAlchemy Core over SQLite or PostgreSQL (psycopg 3).
+
+One ``MetaData`` holds every table, so later tables (labels, feedback, outcomes, assignments)
+are added beside ``agents`` and created by the same ``create_all``. Methods are synchronous and
+commit before returning; the API calls them from the thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from serving.schemas import Agent
+
+metadata = MetaData()
+_Json = JSON().with_variant(JSONB(), "postgresql")
+
+agents_table = Table(
+    "agents",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("name", String(200), nullable=True),
+    Column("work_group", String(100), nullable=False),
+    Column("languages", _Json, nullable=False),
+    Column("skills", _Json, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("caseload", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("csat", _Json, nullable=False),
+    Column("first_response_minutes", _Json, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+_AGENT_FIELDS = [c.name for c in agents_table.columns if c.name != "updated_at"]
+_SQLITE_BUSY_MS = 5000
+_WRITE = "caretriage_write"  # execution option: this transaction will write
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept ``postgres://`` and ``postgresql://`` and use psycopg 3 for them, the driver the
+    project installs (SQLAlchemy would otherwise pick psycopg2)."""
+    u = make_url(url)
+    if u.drivername in {"postgres", "postgresql"}:
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def _make_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, memory=url.database in {None, "", ":memory:"})
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: URL, *, memory: bool) -> Engine:
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if memory:
+        # One shared connection, or every pooled connection would see its own empty database.
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see "begin" below).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writing transaction takes the write lock up front, so it waits (busy_timeout) for
+        # another writer instead of failing with "database is locked" when upgrading later.
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _row_to_agent(row: Any) -> Agent:
+    m = row._mapping
+    return Agent.model_validate({k: m[k] for k in _AGENT_FIELDS})
+
+
+def _agent_to_row(agent: Agent, now: datetime) -> dict[str, Any]:
+    row = agent.model_dump(mode="json")
+    return {**{k: row[k] for k in _AGENT_FIELDS}, "updated_at": now}
+
+
+class Store:
+    """The service's database. ``schema`` (PostgreSQL only) puts every table in that schema,
+    which lets test sessions and deployments share a server without colliding."""
+
+    def __init__(self, url: str | URL, *, schema: str | None = None) -> None:
+        self.url = normalize_url(url)
+        self.schema = schema
+        if schema and self.url.get_backend_name() == "sqlite":
+            raise ValueError("a schema is only supported on PostgreSQL")
+        engine = _make_engine(self.url)
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine: Engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    def create_all(self) -> None:
+        """Create missing tables (idempotent); existing ones are left as they are."""
+        with self._write() as conn:
+            metadata.create_all(conn)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self, *lock: Table) -> Iterator[Connection]:
+        """One committed-on-exit write transaction; on PostgreSQL, ``lock`` tables are locked
+        so concurrent writers of the same table serialize instead of conflicting."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    quote = conn.dialect.identifier_preparer.quote
+                    for table in lock:
+                        name = quote(table.name)
+                        if self.schema:
+                            name = f"{quote(self.schema)}.{name}"
+                        conn.execute(text(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE"))
+                yield conn
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def list_agents(self) -> list[Agent]:
+        """The roster, ordered by id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(agents_table).order_by(agents_table.c.id)).all()
+        return [_row_to_agent(r) for r in rows]
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(agents_table).where(agents_table.c.id == agent_id)).first()
+        return _row_to_agent(row) if row is not None else None
+
+    def replace_agents(self, agents: Sequence[Agent]) -> None:
+        """Swap the whole roster in one transaction: readers see the old or the new, never a
+        mix. Duplicate ids are the caller's to refuse (they violate the primary key here)."""
+        now = datetime.now(UTC)
+        rows = [_agent_to_row(a, now) for a in agents]
+        with self._write(agents_table) as conn:
+            conn.execute(delete(agents_table))
+            if rows:
+                conn.execute(insert(agents_table), rows)
+
+    def upsert_agent(self, agent: Agent) -> bool:
+        """Insert or replace one agent; True if it was new. The write lock taken by ``_write``
+        makes update-then-insert race-free on both back ends without dialect-specific SQL."""
+        row = _agent_to_row(agent, datetime.now(UTC))
+        with self._write(agents_table) as conn:
+            updated = conn.execute(
+                update(agents_table).where(agents_table.c.id == agent.id).values(**row)
+            ).rowcount
+            if not updated:
+                conn.execute(insert(agents_table).values(**row))
+        return not updated
+
+    def delete_agent(self, agent_id: str) -> bool:
+        """Remove one agent; True if it existed."""
+        with self._write(agents_table) as conn:
+            result = conn.execute(delete(agents_table).where(agents_table.c.id == agent_id))
+        return result.rowcount > 0

