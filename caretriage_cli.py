@@ -71,36 +71,28 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from features.schema import LabelSchema
-    from training.data import load_corpus
-    from training.export import build_bundle
-    from training.pipeline import offline, write_model_card
-    from training.train import load_checkpoint
+    from training.pipeline import export_checkpoint
 
-    offline()
-    tr = load_checkpoint(Path(args.checkpoint))
-    schema = LabelSchema.load(Path(args.checkpoint) / "label_schema.json")
-    corpus = load_corpus(tr.config.data, schema)
-    out = Path(args.out)
-    report = build_bundle(
-        tr.model,
-        tr.tokenizer,
-        schema,
-        corpus,
-        out,
-        name=tr.config.name,
-        base_model=Path(tr.config.base_model).name,
-        max_length=tr.config.max_length,
-        temperatures=tr.temperatures,
+    registry, shipped, out = export_checkpoint(
+        Path(args.checkpoint),
+        Path(args.out) if args.out else None,
         precision=args.precision,
-        training={
-            "checkpoint": str(args.checkpoint),
-            "config": json.loads(tr.config.model_dump_json()),
-        },
+        allow_export_failures=args.allow_export_failures,
+        register=not args.no_register,
     )
-    write_model_card(out, tr.config, report.int8_metrics, report)
-    print(json.dumps(report.to_dict(), indent=2, default=str))
-    return 0
+    report = json.loads((out / "export_report.json").read_text())
+    print(
+        json.dumps(
+            {
+                "bundle": str(out),
+                "shipped_to": args.out if shipped else None,
+                "registry": registry,
+                "report": report,
+            },
+            indent=2,
+        )
+    )
+    return 0 if report["passed"] or shipped else 1
 
 
 def cmd_evaluate(args) -> int:
@@ -155,8 +147,14 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a training checkpoint to a checked ONNX bundle")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", help="the served bundle folder to replace when every gate passes")
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    e.add_argument("--no-register", action="store_true")
+    e.add_argument(
+        "--allow-export-failures",
+        action="store_true",
+        help="ship even if an export check fails (recorded in bundle.json and the model card)",
+    )
     e.set_defaults(fn=cmd_export)
 
     v = sub.add_parser("evaluate", help="studies: 10-fold CV (cv) or single-task baselines")

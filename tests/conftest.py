@@ -53,7 +53,6 @@ def tiny_bundle(tmp_path_factory, schema, tiny_corpus, tiny_model) -> Path:
         max_length=64,
         temperatures={"topic": 1.0, "sentiment": 1.5, "actionability": 1.0},
         gate=ExportGate(int8_min_agreement=0.0, int8_max_metric_drop=100.0),
-        max_excluded=0,
     )
     return out
 

@@ -108,3 +108,59 @@ def test_export_parity_recorded(tiny_bundle):
     report = json.loads((tiny_bundle / "export_report.json").read_text())
     assert report["fp32_max_abs_diff"] <= 1e-4
     assert set(report["int8_agreement"]) == {"topic", "sentiment", "actionability"}
+
+
+@pytest.mark.parametrize(
+    "mode,expect_rare_heavier", [("none", False), ("sqrt_inv", True), ("inv", True)]
+)
+def test_class_weights_favour_rare_classes(mode, expect_rare_heavier):
+    import torch
+
+    from training.data import IGNORE
+    from training.train import class_weights
+
+    y = torch.tensor([0] * 90 + [1] * 10 + [IGNORE] * 50)
+    w = class_weights(y, 2, mode)
+    if not expect_rare_heavier:
+        assert w is None
+    else:
+        assert w[1] > w[0]
+        ratio = float(w[1] / w[0])
+        assert ratio == pytest.approx(9.0 if mode == "inv" else 3.0, rel=1e-5)
+
+
+def test_weight_only_int8_keeps_outputs_and_shrinks_weights(tiny_model, tmp_path):
+    import numpy as np
+
+    from training.export import export_onnx, recipe_nodes, session, weight_only_int8
+
+    model, tokenizer = tiny_model
+    fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
+    nodes = recipe_nodes(fp32, [r"/output/dense/MatMul$"])
+    assert nodes, "the FFN output projections are found by name"
+    ids = np.array([[101, 2000, 2001, 102, 0]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)}
+    before = session(fp32).run(None, feed)
+    size = fp32.stat().st_size
+    weight_only_int8(fp32, nodes)
+    after = session(fp32).run(None, feed)
+    assert fp32.stat().st_size < size
+    for a, b in zip(before, after, strict=True):
+        assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
+
+
+def test_export_checkpoint_logs_into_its_training_run(tiny_cfg, tiny_corpus, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import training.pipeline as pipeline
+
+    res = pipeline.run(tiny_cfg, corpus=tiny_corpus, export=False)
+    ckpt = tiny_cfg.output_dir / res.run_id
+    monkeypatch.setattr(pipeline, "load_corpus", lambda *a, **k: tiny_corpus)
+    registry, shipped, out = pipeline.export_checkpoint(ckpt, tmp_path / "served")
+    report = json.loads((out / "export_report.json").read_text())
+    # A random model fails the gates: nothing is shipped, and the failures are on record.
+    assert not shipped and not (tmp_path / "served").exists()
+    assert report["failures"] or registry and not registry["champion"]
+    client = MlflowClient(tracking_uri=tiny_cfg.tracking_uri)
+    assert "export" in {a.path for a in client.list_artifacts(res.run_id)}

@@ -48,7 +48,7 @@ class TrainConfig(BaseModel):
     label_schema: Path = Field(default_factory=default_schema_path)
     data: DataConfig = Field(default_factory=DataConfig)
     seed: int = 20261123
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 32
     max_length: int = 128
     lr: float = 8e-5
@@ -59,6 +59,11 @@ class TrainConfig(BaseModel):
     freeze_word_embeddings: bool = True
     task_weights: dict[str, float] = Field(
         default_factory=lambda: {"topic": 1.0, "sentiment": 1.0, "actionability": 1.5}
+    )
+    # Per-task class weighting in the loss: "sqrt_inv" weighs a class by 1/sqrt(frequency),
+    # which lifts rare topics (macro-F1 counts them as much as common ones).
+    class_weight: dict[str, Literal["none", "sqrt_inv", "inv"]] = Field(
+        default_factory=lambda: {"topic": "sqrt_inv"}
     )
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
     output_dir: Path = REPO_ROOT / "artifacts" / "train"

@@ -154,3 +154,115 @@ def reliability_figure(task: str, logits: np.ndarray, gold: Sequence[int], tempe
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --- Error analysis (notebooks/02_error_analysis.ipynb; tests/test_analysis.py) -------------
+# These take per-task probabilities, as the serving Scorer returns them, and return plain
+# records (list of dicts) that a notebook turns into a DataFrame.
+
+
+def probs_to_logits(probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Logits equivalent to calibrated probabilities ``p = softmax(z / T)``: ``T * log p`` differs
+    from ``z`` by a per-row constant, which softmax ignores. So serving's outputs can go through
+    the logit-based functions above (metrics, ``reliability_figure`` raw vs calibrated)."""
+    return float(temperature) * np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None))
+
+
+def expected_calibration_error(probs: np.ndarray, gold: Sequence[int], bins: int = 10) -> float:
+    """ECE in percent: the gap between confidence and accuracy, over equal-width confidence
+    bins, weighted by how many predictions fall in each bin."""
+    p = np.asarray(probs)
+    y = np.asarray(gold)
+    conf, ok = p.max(-1), p.argmax(-1) == y
+    idx = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)) - 1, 0, bins - 1)
+    gap = sum(
+        abs(ok[idx == b].mean() - conf[idx == b].mean()) * (idx == b).sum()
+        for b in range(bins)
+        if (idx == b).any()
+    )
+    return _pct(gap / max(len(y), 1))
+
+
+def coverage_curve(
+    probs: np.ndarray, gold: Sequence[int], thresholds: Sequence[float] | None = None
+) -> list[dict[str, float]]:
+    """The abstention trade-off: for each confidence threshold, the share of posts the model
+    still answers (coverage) and its accuracy on them; the rest would go to a human."""
+    p = np.asarray(probs)
+    y = np.asarray(gold)
+    conf, ok = p.max(-1), p.argmax(-1) == y
+    ts = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else thresholds
+    rows = []
+    for t in ts:
+        keep = conf >= t
+        row = {
+            "threshold": float(t),
+            "coverage": _pct(keep.mean()) if len(y) else 0.0,
+            "accuracy": _pct(ok[keep].mean()) if keep.any() else float("nan"),
+            "n": int(keep.sum()),
+        }
+        rows.append(row)
+    return rows
+
+
+def errors_table(
+    texts: Sequence[str],
+    gold: Sequence[int],
+    probs: np.ndarray,
+    labels: Sequence[str],
+    k: int = 10,
+    domains: Sequence[str] | None = None,
+) -> list[dict[str, object]]:
+    """The ``k`` most confident wrong predictions: where the model is surely wrong, labels are
+    often wrong or the taxonomy is ambiguous; both are worth reading before more training."""
+    p = np.asarray(probs)
+    y = np.asarray(gold)
+    pred, conf = p.argmax(-1), p.max(-1)
+    wrong = np.flatnonzero(pred != y)
+    rows: list[dict[str, object]] = []
+    for i in wrong[np.argsort(-conf[wrong], kind="stable")][:k]:
+        row: dict[str, object] = {
+            "text": texts[i],
+            "gold": labels[y[i]],
+            "predicted": labels[pred[i]],
+            "confidence": round(float(conf[i]), 3),
+            "p_gold": round(float(p[i, y[i]]), 3),
+        }
+        if domains is not None:
+            row["domain"] = domains[i]
+        rows.append(row)
+    return rows
+
+
+def group_errors(
+    groups: Sequence[str],
+    gold: Sequence[int],
+    probs: np.ndarray,
+    labels: Sequence[str],
+    positive_labels: Sequence[str],
+    threshold: float = 0.5,
+) -> list[dict[str, object]]:
+    """Per group (e.g. the complaints corpus' domain): accuracy, and how the binary decision
+    "positive" (summed probability of ``positive_labels`` >= threshold, as serving flags
+    actionable) goes wrong: false positives and misses, in percent of the group's posts."""
+    p = np.asarray(probs)
+    y = np.asarray(gold)
+    g = np.asarray(groups)
+    pos = [list(labels).index(lab) for lab in positive_labels]
+    flagged = p[:, pos].sum(-1) >= threshold
+    truth = np.isin(y, pos)
+    ok = p.argmax(-1) == y
+    rows: list[dict[str, object]] = []
+    for name in sorted(set(g.tolist())):
+        m = g == name
+        row = {
+            "group": name,
+            "n": int(m.sum()),
+            "accuracy": _pct(ok[m].mean()),
+            "gold_positive": _pct(truth[m].mean()),
+            "flagged_positive": _pct(flagged[m].mean()),
+            "false_positive": _pct((flagged & ~truth)[m].mean()),
+            "missed_positive": _pct((~flagged & truth)[m].mean()),
+        }
+        rows.append(row)
+    return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -101,16 +102,6 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
     return dst
 
 
-def quantizable_nodes(path: Path) -> list[str]:
-    """Names of the nodes dynamic quantization would turn into int8 kernels."""
-    kinds = {"MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Gemm"}
-    return [
-        n.name
-        for n in onnx.load(str(path), load_external_data=False).graph.node
-        if n.op_type in kinds
-    ]
-
-
 def quantize(src: Path, dst: Path, exclude: Sequence[str] = (), per_channel: bool = True) -> Path:
     """Dynamic int8 for AVX-512 VNNI: signed int8 weights, uint8 activations, full range
     (VNNI does not need reduce_range), per-channel weights; embeddings quantized too so the
@@ -128,7 +119,52 @@ def quantize(src: Path, dst: Path, exclude: Sequence[str] = (), per_channel: boo
         # Fused contrib ops (Attention, EmbedLayerNormalization) defeat shape inference.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    if exclude:
+        weight_only_int8(dst, exclude)
     return dst
+
+
+def weight_only_int8(path: Path, nodes: Sequence[str]) -> Path:
+    """Store the weights of ``nodes`` as int8 (symmetric, per output column) behind a
+    DequantizeLinear, in place: the node computes in fp32 (no activation quantization, so no
+    accuracy loss beyond weight rounding) while the file stays the size of an int8 model."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    wanted = set(nodes)
+    new_nodes = []
+    for node in g.node:
+        if node.name in wanted and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            if w.ndim == 2:
+                scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+                q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+                base = node.input[1]
+                g.initializer.remove(inits[base])
+                g.initializer.extend(
+                    [
+                        numpy_helper.from_array(q, base + "_w8"),
+                        numpy_helper.from_array(scale.astype(np.float32), base + "_w8_scale"),
+                        numpy_helper.from_array(np.zeros_like(q[0]), base + "_w8_zero"),
+                    ]
+                )
+                new_nodes.append(
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [base + "_w8", base + "_w8_scale", base + "_w8_zero"],
+                        [base + "_dq"],
+                        name=node.name + "_weight_dq",
+                        axis=1,
+                    )
+                )
+                node.input[1] = base + "_dq"
+        new_nodes.append(node)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    onnx.save(model, str(path))
+    return path
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -177,45 +213,51 @@ def _eval_logits(predict: Predictor, tasks_texts: dict[str, list[str]]) -> Logit
     return {t: predict(texts)[t] for t, texts in tasks_texts.items()}
 
 
-def choose_exclusions(
+# Quantization recipes, cheapest first: the node groups kept out of dynamic int8 (their
+# weights still stored int8, computed in fp32). Measured on this encoder: the FFN output
+# projections carry the activation outliers that dynamic per-tensor uint8 handles worst.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "all_int8": (),
+    "ffn_out_fp32": (r"layer\.\d+/output/dense/MatMul$",),
+}
+
+
+def recipe_nodes(fp32: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the MatMul nodes matching any of the regular expressions."""
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    rx = [re.compile(p) for p in patterns]
+    return [
+        n.name for n in graph.node if n.op_type == "MatMul" and any(r.search(n.name) for r in rx)
+    ]
+
+
+def choose_recipe(
     fp32: Path,
     tokenizer,
     schema: LabelSchema,
     max_length: int,
     texts: dict[str, list[str]],
     target: float,
-    max_excluded: int,
-) -> tuple[list[str], dict[str, float]]:
-    """Greedy sensitivity search on *validation* texts: keep in fp32 the nodes whose
-    quantization alone disturbs the argmax most, until every task's agreement ≥ target."""
+) -> tuple[str, list[str], dict[str, dict[str, float]]]:
+    """Measure every recipe's argmax agreement with fp32 on *validation* texts; take the
+    cheapest that reaches ``target`` on every task, else the one with the best worst task."""
     ref = _eval_logits(ort_predictor(session(fp32), tokenizer, schema, max_length), texts)
     tmp = Path(tempfile.mkdtemp(prefix="ct-quant-"))
+    measured: dict[str, dict[str, float]] = {}
     try:
-
-        def agree(exclude: Sequence[str]) -> dict[str, float]:
-            q = quantize(fp32, tmp / "q.onnx", exclude)
+        for name, patterns in tqdm(RECIPES.items(), desc="quantization recipes", unit="recipe"):
+            q = quantize(fp32, tmp / "q.onnx", recipe_nodes(fp32, patterns) if patterns else [])
             got = _eval_logits(ort_predictor(session(q), tokenizer, schema, max_length), texts)
-            return agreement(ref, got)
-
-        base = agree([])
-        if min(base.values()) >= target:
-            return [], base
-        nodes = [n for n in quantizable_nodes(fp32)]
-        # Sensitivity of a node: how much the worst task's agreement rises when only it stays fp32.
-        gains = {}
-        for n in tqdm(nodes, desc="quantization sensitivity", unit="node"):
-            a = agree([n])
-            gains[n] = sum(a.values()) - sum(base.values())
-        ranked = sorted(nodes, key=lambda n: -gains[n])
-        chosen: list[str] = []
-        current = base
-        for n in ranked[:max_excluded]:
-            if min(current.values()) >= target:
+            measured[name] = agreement(ref, got)
+            log.info("recipe %s: validation agreement %s", name, measured[name])
+            if min(measured[name].values()) >= target:
                 break
-            chosen.append(n)
-            current = agree(chosen)
-            log.info("keeping %s in fp32: agreement %s", n, current)
-        return chosen, current
+        best = next(
+            (n for n, a in measured.items() if min(a.values()) >= target),
+            max(measured, key=lambda n: min(measured[n].values())),
+        )
+        patterns = RECIPES[best]
+        return best, (recipe_nodes(fp32, patterns) if patterns else []), measured
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -248,12 +290,13 @@ def build_bundle(
     training: dict[str, object] | None = None,
     gate: ExportGate | None = None,
     precision: str = "int8",
-    max_excluded: int = 8,
     torch_predict: Predictor | None = None,
+    strict: bool = True,
 ) -> ExportReport:
     """Export, optimize, quantize and check; write the bundle to ``out`` only if it passes.
 
-    Raises ExportCheckFailed (with the report in the message) when a check fails.
+    A failed check raises ExportCheckFailed when ``strict``; otherwise the bundle is written
+    with the failures recorded (report, bundle.json) and the caller decides.
     """
     gate = gate or ExportGate()
     cfg = model.encoder.config
@@ -283,14 +326,8 @@ def build_bundle(
         int8_metrics, agree = fp32_metrics, {t: 100.0 for t in fp32_logits}
         if precision == "int8":
             val_texts = _agreement_texts(corpus)
-            exclude, val_agree = choose_exclusions(
-                fp32,
-                tokenizer,
-                schema,
-                max_length,
-                val_texts,
-                gate.int8_min_agreement,
-                max_excluded,
+            recipe, exclude, val_agree = choose_recipe(
+                fp32, tokenizer, schema, max_length, val_texts, gate.int8_min_agreement
             )
             final = quantize(fp32, work / "int8.onnx", exclude)
             ort8 = ort_predictor(session(final), tokenizer, schema, max_length)
@@ -300,7 +337,8 @@ def build_bundle(
                 "method": "dynamic int8 (ONNX Runtime), preset avx512_vnni",
                 "weights": "int8 per-channel, symmetric",
                 "activations": "uint8 dynamic, full range",
-                "kept_fp32": exclude,
+                "recipe": recipe,
+                "fp32_compute_int8_weights": exclude,
                 "validation_agreement": val_agree,
             }
             for t, v in agree.items():
@@ -344,13 +382,16 @@ def build_bundle(
         mb = dir_mb(stage)
         if mb > gate.max_bundle_mb:
             failures.append(f"bundle is {mb:.1f} MB > {gate.max_bundle_mb} MB")
+        if failures:
+            meta.quantization["gate_failures"] = failures
+            write_meta(stage, meta)
         report = ExportReport(
             diff, agree, fp32_metrics, int8_metrics, quant, round(mb, 2), not failures, failures
         )
         (stage / "export_report.json").write_text(
             json.dumps(report.to_dict(), indent=2, default=str)
         )
-        if failures:
+        if failures and strict:
             raise ExportCheckFailed("; ".join(failures))
         if out.exists():
             shutil.rmtree(out)
@@ -367,12 +408,13 @@ def _torch_predictor(model, tokenizer, max_length):
     return make_predictor(model, tokenizer, max_length)
 
 
-def _agreement_texts(corpus) -> dict[str, list[str]]:
-    """Texts that choose the fp32 nodes: validation posts and training complaints, never test."""
-    val = list(corpus["val"]["text"])
-    comp = [
-        t
-        for t, s in zip(corpus["train"]["text"], corpus["train"]["source"], strict=True)
-        if s == "complaints"
-    ]
-    return {"sentiment": val, "topic": val, "actionability": comp[:1000] or val}
+def _agreement_texts(corpus, cap: int = 1000) -> dict[str, list[str]]:
+    """Texts that choose the recipe, mirroring the test sets of the gate but never test
+    rows: the validation rows of each task, and training complaints for actionability (it has
+    no validation split; agreement needs no labels)."""
+    val = eval_sets(corpus, "val")
+    train = corpus["train"]
+    comp = [t for t, s in zip(train["text"], train["source"], strict=True) if s == "complaints"]
+    out = {task: texts[:cap] for task, (texts, _, _) in val.items() if texts}
+    out["actionability"] = comp[:cap] or out.get("sentiment", [])
+    return out

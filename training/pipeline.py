@@ -15,7 +15,7 @@ from features.schema import LabelSchema
 from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import confusion_figure, eval_sets, evaluate, reliability_figure
-from training.export import ExportGate, build_bundle
+from training.export import ExportGate
 from training.tracking import QualityGate, flatten, log_config, register_bundle, setup
 from training.train import make_predictor, save_checkpoint, train
 
@@ -83,59 +83,141 @@ def run(
         mlflow.log_artifacts(str(ckpt / "tokenizer"), artifact_path="tokenizer")
         mlflow.log_artifact(str(ckpt / "label_schema.json"))
 
-        registry = None
-        out = None
-        shipped = False
+        registry, out, shipped = None, None, False
         if export:
             out = cfg.output_dir / active.info.run_id / "bundle"
-            report = build_bundle(
-                trained.model,
-                trained.tokenizer,
-                schema,
+            training = {
+                "mlflow_run_id": active.info.run_id,
+                "config": json.loads(cfg.model_dump_json()),
+                "epochs": trained.history,
+            }
+            registry, shipped = export_and_register(
+                mlflow,
+                trained,
                 corpus,
                 out,
-                name=cfg.name,
-                base_model=Path(cfg.base_model).name if cfg.tiny is False else "tiny",
-                max_length=cfg.max_length,
-                temperatures=trained.temperatures,
-                training={
-                    "mlflow_run_id": active.info.run_id,
-                    "config": json.loads(cfg.model_dump_json()),
-                    "epochs": trained.history,
-                },
-                gate=export_gate,
+                bundle_dir,
+                training=training,
+                gate=gate,
+                export_gate=export_gate,
                 torch_predict=predict,
             )
-            mlflow.log_dict(report.to_dict(), "export/report.json")
-            mlflow.log_metrics(
-                {
-                    "export.fp32_max_abs_diff": report.fp32_max_abs_diff,
-                    "export.bundle_mb": report.bundle_mb,
-                }
-            )
-            mlflow.log_metrics(
-                {f"export.int8_agreement.{t}": v for t, v in report.int8_agreement.items()}
-            )
-            mlflow.log_metrics(flatten(report.int8_metrics, "int8."))
-            write_model_card(out, cfg, report.int8_metrics, report)
-            gate = gate or QualityGate()
-            if cfg.register_model:
-                registry = register_bundle(mlflow, out, cfg.name, report.int8_metrics, gate)
-                passed = registry["champion"]
-            else:
-                passed = not gate.check(report.int8_metrics, None)
-            if bundle_dir and passed:
-                # Only a model that passed the gate replaces the bundle the scorer serves.
-                if bundle_dir.exists():
-                    shutil.rmtree(bundle_dir)
-                shutil.copytree(out, bundle_dir)
-                shipped = True
-                log.info("bundle written to %s", bundle_dir)
-            elif bundle_dir:
-                log.warning("quality gate failed: %s left unchanged; bundle at %s", bundle_dir, out)
         secs = time.time() - t0
         mlflow.log_metric("job_seconds", secs)
         return JobResult(active.info.run_id, metrics, out, registry, secs, shipped)
+
+
+def export_and_register(
+    mlflow,
+    trained,
+    corpus,
+    out: Path,
+    bundle_dir: Path | None,
+    *,
+    training: dict,
+    gate: QualityGate | None = None,
+    export_gate: ExportGate | None = None,
+    torch_predict=None,
+    precision: str = "int8",
+    allow_export_failures: bool = False,
+) -> tuple[dict | None, bool]:
+    """Export the trained model to a checked bundle inside the active MLflow run, register it,
+    and copy it to ``bundle_dir`` (the served bundle) only when every gate passes.
+
+    ``allow_export_failures`` ships a bundle that misses an export check anyway (an explicit
+    human decision, recorded in bundle.json and the model card); the quality gate still
+    decides the champion alias.
+    """
+    from training.export import build_bundle
+
+    cfg = trained.config
+    report = build_bundle(
+        trained.model,
+        trained.tokenizer,
+        trained.schema,
+        corpus,
+        out,
+        name=cfg.name,
+        base_model="tiny" if cfg.tiny else Path(cfg.base_model).name,
+        max_length=cfg.max_length,
+        temperatures=trained.temperatures,
+        training=training,
+        gate=export_gate,
+        torch_predict=torch_predict,
+        precision=precision,
+        strict=False,
+    )
+    mlflow.log_dict(report.to_dict(), "export/report.json")
+    mlflow.log_metrics(
+        {"export.fp32_max_abs_diff": report.fp32_max_abs_diff, "export.bundle_mb": report.bundle_mb}
+    )
+    mlflow.log_metrics({f"export.int8_agreement.{t}": v for t, v in report.int8_agreement.items()})
+    mlflow.log_metrics(flatten(report.int8_metrics, "int8."))
+    write_model_card(out, cfg, report.int8_metrics, report)
+    if report.failures:
+        mlflow.set_tag("export_gate_failures", "; ".join(report.failures)[:5000])
+        log.warning("export checks failed: %s", report.failures)
+    gate = gate or QualityGate()
+    registry = None
+    if cfg.register_model and (report.passed or allow_export_failures):
+        registry = register_bundle(mlflow, out, cfg.name, report.int8_metrics, gate)
+        passed = registry["champion"]
+    else:
+        passed = not gate.check(report.int8_metrics, None)
+    passed = passed and (report.passed or allow_export_failures)
+    if bundle_dir and passed:
+        # Only a model that passed the gates replaces the bundle the scorer serves.
+        if bundle_dir.exists():
+            shutil.rmtree(bundle_dir)
+        shutil.copytree(out, bundle_dir)
+        log.info("bundle written to %s", bundle_dir)
+    elif bundle_dir:
+        log.warning("a gate failed: %s left unchanged; the bundle is at %s", bundle_dir, out)
+    return registry, bool(bundle_dir and passed)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    bundle_dir: Path | None,
+    *,
+    precision: str = "int8",
+    allow_export_failures: bool = False,
+    register: bool = True,
+) -> tuple[dict | None, bool, Path]:
+    """Re-export a saved training checkpoint, logging into its own MLflow run when the
+    checkpoint folder is named after one (as ``caretriage train`` names them)."""
+    from training.train import load_checkpoint
+
+    offline()
+    trained = load_checkpoint(checkpoint)
+    trained.config.register_model = register
+    corpus = load_corpus(trained.config.data, trained.schema)
+    mlflow = setup(trained.config.tracking_uri, trained.config.experiment)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(checkpoint.name)
+        run_id = checkpoint.name
+    except MlflowException:
+        run_id = None
+    with mlflow.start_run(run_id=run_id, run_name=f"{trained.config.name}-export"):
+        out = checkpoint / f"bundle-{precision}"
+        training = {
+            "checkpoint": str(checkpoint),
+            "config": json.loads(trained.config.model_dump_json()),
+        }
+        registry, shipped = export_and_register(
+            mlflow,
+            trained,
+            corpus,
+            out,
+            bundle_dir,
+            training=training,
+            precision=precision,
+            allow_export_failures=allow_export_failures,
+        )
+    return registry, shipped, out
 
 
 REFERENCE = {
@@ -165,8 +247,10 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 
 - Base model: `{b.meta.base_model}` (all-MiniLM-L6-v2, 6 layers, hidden 384), fine-tuned jointly
   with one linear head per task on mean-pooled token states; word embeddings frozen.
-- Precision: {b.meta.precision} ({report.quantization.get("method")}); nodes kept in fp32:
-  {report.quantization.get("kept_fp32") or "none"}.
+- Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
+  `{report.quantization.get("recipe")}` chosen on validation agreement
+  {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
+  {len(report.quantization.get("fp32_compute_int8_weights") or [])}.
 - Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}` (handles → @user,
   links → http).
 - Calibrated softmax temperatures (validation): {b.meta.temperatures}.

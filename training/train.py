@@ -97,6 +97,20 @@ def build_model(cfg: TrainConfig, schema: LabelSchema, tokenizer) -> MultiTaskMo
     return MultiTaskModel.from_pretrained(cfg.base_model, schema, dropout=cfg.dropout)
 
 
+def class_weights(y: torch.Tensor, n_labels: int, mode: str) -> torch.Tensor | None:
+    """Loss weights per class from training frequencies (None: unweighted)."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(y[y != IGNORE], minlength=n_labels).float().clamp(min=1)
+    w = counts.sum() / (n_labels * counts)
+    return w.sqrt() if mode == "sqrt_inv" else w
+
+
+def loss_for(task: str, y: torch.Tensor, n_labels: int, cfg: TrainConfig):
+    w = class_weights(y, n_labels, cfg.class_weight.get(task, "none"))
+    return torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE)
+
+
 def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     """Fine-tune all heads jointly; ``on_epoch(epoch, metrics)`` is called after each epoch."""
     seed_everything(cfg.seed)
@@ -125,7 +139,7 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     steps_per_epoch = math.ceil(len(enc) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    loss_fns = {t: loss_for(t, labels[t], len(schema.task(t).labels), cfg) for t in schema.names}
     rng = random.Random(cfg.seed)
     predict = make_predictor(model, tokenizer, cfg.max_length)
     history: list[dict[str, float]] = []
@@ -143,7 +157,7 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
             for t in schema.names:
                 y = labels[t][b]
                 if (y != IGNORE).any():
-                    lt = loss_fn(out[t], y)
+                    lt = loss_fns[t](out[t], y)
                     loss = loss + cfg.task_weights.get(t, 1.0) * lt
                     running[t] += lt.item()
                     counts[t] += 1
