@@ -39,6 +39,9 @@ class BundleMeta(BaseModel):
     # Metrics on the fixed test splits, keyed by task then metric name (percent).
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     quantization: dict[str, object] = Field(default_factory=dict)
+    # ONNX Runtime session config entries the graph was validated with (e.g. letting constant
+    # folding turn int8-stored weights back into fp32 once, at load).
+    ort_session_config: dict[str, str] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
 
 

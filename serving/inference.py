@@ -94,6 +94,8 @@ class Scorer:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
+        for key, value in self.meta.ort_session_config.items():
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(bundle.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
         )

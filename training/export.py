@@ -167,8 +167,17 @@ def weight_only_int8(path: Path, nodes: Sequence[str]) -> Path:
     return path
 
 
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+# DequantizeLinear on a constant weight is folded into fp32 at load only with QDQ handling off
+# (ORT keeps DQ nodes for QDQ fusions otherwise, and would dequantize on every run).
+FOLD_INT8_WEIGHTS = {"session.disable_quant_qdq": "1"}
+
+
+def session(
+    path: Path, threads: int = 0, config: dict[str, str] | None = None
+) -> ort.InferenceSession:
     so = ort.SessionOptions()
+    for key, value in (config or FOLD_INT8_WEIGHTS).items():
+        so.add_session_config_entry(key, value)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
@@ -376,6 +385,7 @@ def build_bundle(
             temperatures=temperatures,
             metrics=int8_metrics,
             quantization=quant | {"fp32_metrics": fp32_metrics, "int8_agreement": agree},
+            ort_session_config=FOLD_INT8_WEIGHTS,
             training=training or {},
         )
         write_meta(stage, meta)
