@@ -67,7 +67,7 @@ class Scorer:
         bundle: Bundle,
         *,
         max_batch_tokens: int = 8192,
-        max_batch_size: int = 64,
+        max_batch_size: int = 8,
         intra_op_threads: int = 0,
     ) -> None:
         self.bundle = bundle

@@ -1,0 +1,120 @@
+"""The benchmark: its arithmetic, and a smoke run of ``benchmarks/bench.py --quick`` against the
+tiny bundle (real export path, real server subprocess). No timing thresholds: on shared CI
+machines only the shape of the report and the sign of the numbers are stable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.measure import chunks, length_order, padding_ratios, summarize
+from benchmarks.report import ratios, table, targets
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_padding_ratios_order_policies() -> None:
+    lengths = [10, 2, 10, 2]
+    r = padding_ratios(lengths, batch_size=2, fixed=16)
+    assert r["useful_tokens"] == 24
+    assert r["fixed"] == pytest.approx(64 / 24, abs=1e-3)
+    assert r["arrival_order"] == pytest.approx(40 / 24, abs=1e-3)  # [10,2] [10,2]
+    assert r["length_sorted"] == pytest.approx(1.0)  # [2,2] [10,10]
+    # Posts longer than the max length are truncated before they count.
+    assert padding_ratios([40], 1, fixed=16)["fixed"] == 1.0
+
+
+def test_chunks_and_length_order() -> None:
+    assert chunks("abcde", 2) == [["a", "b"], ["c", "d"], ["e"]]
+    order = length_order([3, 1, 2, 1])
+    assert order == [1, 3, 2, 0]  # stable for ties
+    assert chunks("wxyz", 2, order) == [["x", "z"], ["y", "w"]]
+
+
+def test_summarize_uses_wall_time_only_when_given() -> None:
+    s = summarize([0.01, 0.03], posts=4)
+    assert s["posts_per_s"] == pytest.approx(100.0)
+    assert s["p50_ms"] == pytest.approx(20.0)
+    assert summarize([0.01, 0.03], posts=4, wall_s=0.02)["posts_per_s"] == pytest.approx(200.0)
+    with pytest.raises(ValueError):
+        summarize([], posts=0)
+
+
+def test_ratios_and_targets_tolerate_missing_parts() -> None:
+    result = {
+        "variants": {
+            "pytorch_pipeline": {"batch_32": {"posts_per_s": 100.0}},
+            "scorer": {"batch_32": {"posts_per_s": 300.0}},
+        },
+        "http": {"batch_32": {"1_client": {"posts_per_s": 500.0}}, "single": {"p99_ms": 40.0}},
+    }
+    result["ratios"] = ratios(result)
+    assert result["ratios"]["http_b32_vs_pipeline_b32"] == 5.0
+    assert result["ratios"]["ort_int8_batch_32_vs_pipeline"] is None
+    met = {t["name"]: t["met"] for t in targets(result)}
+    assert met == {
+        "http_b32_vs_pipeline_b32": True,
+        "http_single_p99_ms": False,
+        "serving_peak_rss_mb": None,
+        "start_to_ready_s": None,
+    }
+    text = table(["a", "n"], [["x", 1.5], ["yy", None]])
+    assert "1.50" in text and "-" in text.splitlines()[-1]
+
+
+def _positive_numbers(d: dict, *keys: str) -> None:
+    for k in keys:
+        assert isinstance(d[k], int | float) and d[k] > 0, (k, d[k])
+
+
+def test_bench_quick_smoke(tiny_bundle: Path, onnx_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "benchmarks/bench.py", "--quick", "--skip-pytorch",
+        "--bundle", str(tiny_bundle), "--out", str(out),
+        # A ready fp32 graph with the same inputs and outputs, so the fp32 path runs without
+        # exporting MiniLM (that needs minutes of CPU on a busy machine).
+        "--fp32-onnx", str(onnx_bundle / "model.onnx"),
+    ]  # fmt: skip
+    env = os.environ | {"TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "targets (shown, not asserted)" in proc.stdout
+
+    r = json.loads(out.read_text())
+    sections = {"machine", "bundle", "workload", "padding", "variants", "http", "ratios", "targets"}
+    assert sections <= set(r)
+    m = r["machine"]
+    assert m["cpu_model"] and m["logical_cores"] >= 1 and m["versions"]["onnxruntime"]
+    assert r["bundle"]["precision"] == "int8"
+    assert r["workload"]["n_texts"] > 0
+    for k in ("fixed", "arrival_order", "length_sorted"):
+        assert r["padding"][k] >= 1.0
+    assert r["padding"]["fixed"] >= r["padding"]["arrival_order"] >= r["padding"]["length_sorted"]
+
+    v = r["variants"]
+    assert v["pytorch_pipeline"]["skipped"] == "--skip-pytorch"
+    for key in ("ort_fp32", "ort_int8", "scorer"):
+        for batch in ("batch_1", "batch_32"):
+            _positive_numbers(v[key][batch], "posts_per_s", "p50_ms", "p99_ms", "posts")
+
+    h = r["http"]
+    _positive_numbers(h, "start_to_ready_s")
+    _positive_numbers(h["single"], "posts_per_s", "p50_ms", "p99_ms", "requests")
+    for name in ("1_client", "2_clients"):
+        _positive_numbers(h["batch_32"][name], "posts_per_s", "p50_ms", "p99_ms", "requests")
+    _positive_numbers(h["memory_mb"]["after_load"], "VmHWM", "VmRSS")
+    assert h["errors"] == {}
+    assert not Path(f"/proc/{h['server_pid']}").exists(), "the server outlived the benchmark"
+
+    assert r["ratios"]["scorer_vs_int8_batch_32"] > 0
+    assert [t["name"] for t in r["targets"]] == [
+        "http_b32_vs_pipeline_b32", "http_single_p99_ms", "serving_peak_rss_mb", "start_to_ready_s",
+    ]  # fmt: skip
