@@ -207,7 +207,9 @@ def export_checkpoint(
         run_id = checkpoint.name
     except MlflowException:
         run_id = None
-    with mlflow.start_run(run_id=run_id, run_name=f"{trained.config.name}-export"):
+    # Resuming the training run keeps its name; a checkpoint without a run gets a new one.
+    name = None if run_id else f"{trained.config.name}-export"
+    with mlflow.start_run(run_id=run_id, run_name=name):
         out = checkpoint / f"bundle-{precision}"
         training = {
             "checkpoint": str(checkpoint),
@@ -245,6 +247,17 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
             ref = REFERENCE.get(f"{t}.{k}", "")
             fp = report.fp32_metrics.get(t, {}).get(k, "")
             rows.append(f"| {t} | {k} | {v} | {fp} | {ref} |")
+    flips = report.quantization.get("batch_flip_rate")
+    if "dynamic" in str(report.quantization.get("method", "")):
+        batching = (
+            "Activations are quantized per batch: a post's scores move with the other posts of"
+            f" its batch ({flips}% of labels flipped between alone and batched)."
+        )
+    else:
+        batching = (
+            "Weights are int8, compute is fp32: a post scores the same alone or in any batch"
+            f" ({flips}% of labels flipped between alone and batched)."
+        )
     checks = "All passed."
     if report.failures:
         checks = "Shipped although these checks failed (`--allow-export-failures`):\n" + "\n".join(
@@ -290,8 +303,7 @@ diff|: {report.fp32_max_abs_diff:.2e}; bundle size {report.bundle_mb} MB.
 {checks}
 
 ## Known limits
-- int8 uses dynamic activation quantization: a post's probabilities move slightly with the
-  other posts of its batch (the scale is per batch), which can flip a borderline label.
+- {batching}
 - English only; trained on 2015 airline tweets and 2017–2018 brand tweets: other brands'
   vocabularies and newer slang are out of domain.
 - The topic head always names one of the taxonomy's topics; for praise or chatter the topic is
