@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-fast train bench lint clean
+.PHONY: setup run test test-slow train bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -29,11 +29,12 @@ run: $(STAMP)
 	 echo "caretriage: try  curl -s -H 'Authorization: Bearer $${key%%,*}' http://127.0.0.1:8000/v1/model"; \
 	 CARETRIAGE_API_KEYS="$$key" exec $(PY) -m caretriage_cli serve
 
+# The fast suite (CI). Real fine-tuning lives under the `slow` marker: make test-slow.
 test: $(STAMP)
-	$(PY) -m pytest
-
-test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 train: $(STAMP)
 	$(PY) -m caretriage_cli train --bundle-dir models/caretriage-minilm
