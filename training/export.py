@@ -107,9 +107,9 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
 
 
 def quantize(src: Path, dst: Path, exclude: Sequence[str] = (), per_channel: bool = True) -> Path:
-    """Dynamic int8 for AVX-512 VNNI: signed int8 weights, uint8 activations, full range
-    (VNNI does not need reduce_range), per-channel weights; embeddings quantized too so the
-    bundle stays small."""
+    """Dynamic int8 as for AVX-512 VNNI: signed per-channel int8 weights, uint8 activations
+    with one scale per batch, full range; embeddings quantized too so the bundle stays small.
+    The nodes in ``exclude`` keep int8-stored weights but compute in fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -291,7 +291,7 @@ def choose_recipe(
     texts: dict[str, list[str]],
     target: float,
     recipes: Sequence[str],
-) -> tuple[str, list[str], dict[str, dict[str, float]]]:
+) -> tuple[str, dict[str, dict[str, float]]]:
     """Measure each recipe's argmax agreement with fp32 on *validation* texts, in the given
     order; take the first that reaches ``target`` on every task, else the best worst task."""
     ref = _eval_logits(ort_predictor(session(fp32), tokenizer, schema, max_length), texts)
@@ -309,7 +309,7 @@ def choose_recipe(
             (n for n, a in measured.items() if min(a.values()) >= target),
             max(measured, key=lambda n: min(measured[n].values())),
         )
-        return best, [], measured
+        return best, measured
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -391,7 +391,7 @@ def build_bundle(
         int8_metrics, agree = fp32_metrics, {t: 100.0 for t in fp32_logits}
         if precision == "int8":
             val_texts = _agreement_texts(corpus)
-            recipe, _, val_agree = choose_recipe(
+            recipe, val_agree = choose_recipe(
                 fp32,
                 tokenizer,
                 schema,
