@@ -18,20 +18,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from features.bundle import Bundle, BundleError, read_bundle
+from features.calibration import softmax
 from features.text import normalize_text
 
 log = logging.getLogger("caretriage.serving")
 
 _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature``, stable for any logit magnitude."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def plan_batches(
@@ -69,6 +62,7 @@ class Scorer:
         max_batch_tokens: int = 8192,
         max_batch_size: int = 8,
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = True,
     ) -> None:
         self.bundle = bundle
         self.meta = bundle.meta
@@ -94,6 +88,9 @@ class Scorer:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
+        )
         for key, value in self.meta.ort_session_config.items():
             opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
@@ -105,7 +102,7 @@ class Scorer:
         self._warm = threading.Event()
 
     @classmethod
-    def from_dir(cls, path: str | Path, **kwargs: int) -> Scorer:
+    def from_dir(cls, path: str | Path, **kwargs: int | bool) -> Scorer:
         return cls(read_bundle(path), **kwargs)
 
     def _check_graph(self) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from features.bundle import BundleError, read_bundle
-from serving.inference import Scorer, plan_batches, softmax
+from features.calibration import softmax
+from serving.inference import Scorer, plan_batches
 from tests._tiny_onnx import build_onnx_bundle
 
 TEXTS = [

@@ -9,18 +9,12 @@ import numpy as np
 from datasets import DatasetDict
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from features.calibration import softmax
 from features.schema import LabelSchema
 
 Logits = dict[str, np.ndarray]
 Predictor = Callable[[Sequence[str]], Logits]
 RANDOM_DOMAINS = ("random_tweet", "random_reply")
-
-
-def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = x / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _pct(x: float) -> float:
