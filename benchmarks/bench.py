@@ -206,24 +206,7 @@ def measure_http(
             "memory_mb": {"ready": server.memory_mb()},
         }
         http_load.put_roster(server, http_load.roster(topics))
-        http_load.closed_loop(
-            server,
-            single_bodies,
-            posts_per_request=1,
-            clients=args.clients,
-            max_requests=4 * args.clients,
-            max_seconds=args.seconds,
-            desc="HTTP warm-up",
-        )
-        res = http_load.closed_loop(
-            server,
-            single_bodies,
-            posts_per_request=1,
-            clients=args.clients,
-            max_requests=args.requests,
-            max_seconds=args.seconds,
-            desc=f"HTTP single, {args.clients} clients",
-        )
+        res = _single_post_load(args, server, single_bodies, f"{args.clients} clients")
         out["single"] = _load_summary(res)
         errors["single"] = _errors(res)
         out["batch_32"] = {}
@@ -241,8 +224,49 @@ def measure_http(
             out["batch_32"][name] = _load_summary(res)
             errors[f"batch_32_{name}"] = _errors(res)
         out["memory_mb"]["after_load"] = server.memory_mb()
+    # Server settings worth comparing, each in a fresh server on the same single-post load.
+    out["single_variants"] = {}
+    for name, env in SERVER_VARIANTS.items():
+        with http_load.running_server(
+            bundle.path, workdir, threads=args.threads, env_extra=env
+        ) as server:
+            http_load.put_roster(server, http_load.roster(topics))
+            res = _single_post_load(args, server, single_bodies, name)
+            out["single_variants"][name] = {"env": env, **_load_summary(res)}
+            errors[f"single_{name}"] = _errors(res)
     out["errors"] = {k: v for k, v in errors.items() if v}
     return out
+
+
+# Alternatives to the default server settings, measured on the single-post load.
+SERVER_VARIANTS: dict[str, dict[str, str]] = {
+    "ort_spinning": {"CARETRIAGE_INTRA_OP_SPINNING": "1"},
+    "roster_read_per_request": {"CARETRIAGE_ROSTER_MAX_AGE": "0"},
+}
+
+
+def _single_post_load(
+    args: argparse.Namespace, server: http_load.Server, bodies: list[bytes], desc: str
+) -> http_load.LoadResult:
+    """Warm up, then ``args.clients`` concurrent clients sending one post per request."""
+    http_load.closed_loop(
+        server,
+        bodies,
+        posts_per_request=1,
+        clients=args.clients,
+        max_requests=4 * args.clients,
+        max_seconds=args.seconds,
+        desc="HTTP warm-up",
+    )
+    return http_load.closed_loop(
+        server,
+        bodies,
+        posts_per_request=1,
+        clients=args.clients,
+        max_requests=args.requests,
+        max_seconds=args.seconds,
+        desc=f"HTTP single, {desc}",
+    )
 
 
 def _load_summary(res: http_load.LoadResult) -> dict[str, Any]:

@@ -97,19 +97,29 @@ def _wait_ready(server: Server, t0: float, timeout: float) -> float:
 
 @contextmanager
 def running_server(
-    bundle: Path, workdir: Path, *, threads: int = 0, timeout: float = 120.0
+    bundle: Path,
+    workdir: Path,
+    *,
+    threads: int = 0,
+    timeout: float = 120.0,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Spawn the server on 127.0.0.1:<free port>, wait for /readyz, yield, then terminate it."""
+    """Spawn the server on 127.0.0.1:<free port>, wait for /readyz, yield, then terminate it.
+    ``env_extra`` overrides settings (``CARETRIAGE_*``) for a server variant."""
     port = free_port()
     key = secrets.token_urlsafe(32)
-    env = os.environ | {
-        "CARETRIAGE_API_KEYS": key,
-        "CARETRIAGE_MODEL_DIR": str(Path(bundle).resolve()),
-        "CARETRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-        "CARETRIAGE_LOG_LEVEL": "warning",
-        "CARETRIAGE_INTRA_OP_THREADS": str(threads),
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = (
+        os.environ
+        | {
+            "CARETRIAGE_API_KEYS": key,
+            "CARETRIAGE_MODEL_DIR": str(Path(bundle).resolve()),
+            "CARETRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+            "CARETRIAGE_LOG_LEVEL": "warning",
+            "CARETRIAGE_INTRA_OP_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+        }
+        | (env_extra or {})
+    )
     cmd = [
         sys.executable,
         "-m",

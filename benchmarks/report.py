@@ -127,6 +127,12 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
         _get(h, "batch_32", "2_clients", "posts_per_s"), pps("pytorch_pipeline", "batch_32")
     )
     out["http_b32_vs_scorer_b32"] = _ratio(http_b32, pps("scorer", "batch_32"))
+    # Server variants against the default, on single-post p99 latency (above 1: the default
+    # is faster).
+    for name, r in (h.get("single_variants") or {}).items():
+        out[f"http_single_p99_{name}_vs_default"] = _ratio(
+            r.get("p99_ms"), _get(h, "single", "p99_ms")
+        )
     return out
 
 
@@ -213,6 +219,20 @@ def render(result: dict[str, Any]) -> str:
                 single["posts_per_s"],
                 single["p50_ms"],
                 single["p99_ms"],
+                None,
+                None,
+                None,
+                None,
+            ]
+        )
+    for name, r in (h.get("single_variants") or {}).items():
+        rows.append(
+            [
+                f"HTTP single post, {r['clients']} clients, {name.replace('_', ' ')}",
+                "arrival",
+                r["posts_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
                 None,
                 None,
                 None,

@@ -102,6 +102,7 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
             intra_op_threads=settings.intra_op_threads,
+            intra_op_spinning=settings.intra_op_spinning,
         )
         await run_in_threadpool(scorer.warmup)
         store = Store(settings.database_url)

@@ -25,6 +25,10 @@ from serving.inference import Scorer
 
 log = logging.getLogger("caretriage.serving")
 
+# A request of at most this many posts is tokenized on the event loop: tokenizing a post takes
+# tens of microseconds, less than a hop to the thread pool and back.
+INLINE_ENCODE_POSTS = 4
+
 
 @dataclass
 class _Item:
@@ -90,7 +94,10 @@ class Batcher:
             )
         self._pending += n  # reserve before awaiting, so concurrent requests see it
         try:
-            ids = await run_in_threadpool(self.scorer.encode, list(texts))
+            if n <= INLINE_ENCODE_POSTS:
+                ids = self.scorer.encode(list(texts))
+            else:
+                ids = await run_in_threadpool(self.scorer.encode, list(texts))
             if not self.running:
                 raise ModelNotReady("the service is shutting down")
             item = _Item(ids, asyncio.get_running_loop().create_future())

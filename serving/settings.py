@@ -68,8 +68,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=2048, ge=MAX_POSTS)
     # Request bodies above this many bytes get 413. 4 MiB fits 256 posts of 5000 3-byte chars.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Scoring reads the roster from a snapshot at most this many seconds old; edits through this
+    # process's /v1/agents are seen at once, edits by other processes within this time. 0 reads
+    # the database on every request.
+    roster_max_age: float = Field(default=2.0, ge=0.0)
     # ONNX Runtime intra-op threads; 0 lets ORT use the physical cores.
     intra_op_threads: int = Field(default=0, ge=0)
+    # Let ONNX Runtime's worker threads spin between runs. Spinning shaves the wake-up time off
+    # back-to-back runs but burns the cores the event loop needs to parse the next requests.
+    intra_op_spinning: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

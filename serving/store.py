@@ -7,6 +7,8 @@ commit before returning; the API calls them from the thread pool.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -125,6 +127,11 @@ class Store:
         if schema:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
+        # The roster as scoring reads it: a snapshot, dropped by every write through this
+        # store and re-read once it is older than the caller's ``max_age`` (other processes).
+        self._roster: tuple[float, tuple[Agent, ...]] | None = None
+        self._generation = 0
+        self._roster_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -162,6 +169,34 @@ class Store:
             rows = conn.execute(select(agents_table).order_by(agents_table.c.id)).all()
         return [_row_to_agent(r) for r in rows]
 
+    def cached_roster(self, max_age: float) -> tuple[Agent, ...] | None:
+        """The roster snapshot if it is at most ``max_age`` seconds old, else None. Never
+        touches the database, so the event loop may call it."""
+        snap = self._roster
+        if snap is None or time.monotonic() - snap[0] > max_age:
+            return None
+        return snap[1]
+
+    def roster(self, max_age: float) -> tuple[Agent, ...]:
+        """The roster for scoring: the snapshot when fresh enough, else read anew. Writes
+        through this store are seen at once; writes by another process within ``max_age``."""
+        cached = self.cached_roster(max_age)
+        if cached is not None:
+            return cached
+        with self._roster_lock:
+            generation = self._generation
+        taken = time.monotonic()
+        agents = tuple(self.list_agents())
+        with self._roster_lock:
+            if generation == self._generation:  # no write landed while we were reading
+                self._roster = (taken, agents)
+        return agents
+
+    def _invalidate_roster(self) -> None:
+        with self._roster_lock:
+            self._generation += 1
+            self._roster = None
+
     def get_agent(self, agent_id: str) -> Agent | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(agents_table).where(agents_table.c.id == agent_id)).first()
@@ -176,6 +211,7 @@ class Store:
             conn.execute(delete(agents_table))
             if rows:
                 conn.execute(insert(agents_table), rows)
+        self._invalidate_roster()
 
     def upsert_agent(self, agent: Agent) -> bool:
         """Insert or replace one agent; True if it was new. The write lock taken by ``_write``
@@ -187,10 +223,12 @@ class Store:
             ).rowcount
             if not updated:
                 conn.execute(insert(agents_table).values(**row))
+        self._invalidate_roster()
         return not updated
 
     def delete_agent(self, agent_id: str) -> bool:
         """Remove one agent; True if it existed."""
         with self._write(agents_table) as conn:
             result = conn.execute(delete(agents_table).where(agents_table.c.id == agent_id))
+        self._invalidate_roster()
         return result.rowcount > 0

@@ -481,3 +481,38 @@ def test_offline_and_full_agents_are_never_routed(client, roster, onnx_bundle):
         ids = [m["id"] for m in res["route"]["agents"]]
         assert ids == ["online"]
         assert res["route"]["agents"][0]["reasons"]
+
+
+def test_roster_edits_reach_the_next_score_at_once(client, roster, onnx_bundle):
+    """Scoring reads a roster snapshot; an edit through the API must not wait for it to age."""
+    topics = read_bundle(onnx_bundle).schema_.task("topic").labels
+    one = {"agents": [{"id": "first", "skills": dict.fromkeys(topics, 0.5)}]}
+    assert client.put("/v1/agents", headers=AUTH, json=one).status_code == 200
+    routed = client.post("/v1/score", headers=AUTH, json=posts(TEXTS[0])).json()["results"][0]
+    assert [m["id"] for m in routed["route"]["agents"]] == ["first"]
+    second = {"id": "second", "skills": dict.fromkeys(topics, 0.5)}
+    assert client.put("/v1/agents/second", headers=AUTH, json=second).status_code == 201
+    assert client.delete("/v1/agents/first", headers=AUTH).status_code == 204
+    routed = client.post("/v1/score", headers=AUTH, json=posts(TEXTS[0])).json()["results"][0]
+    assert [m["id"] for m in routed["route"]["agents"]] == ["second"]
+
+
+def test_small_and_large_requests_answer_alike(client, roster, onnx_bundle):
+    """Small requests are assembled on the event loop, large ones in the thread pool: the
+    results must not depend on which path served them."""
+    from serving.routers.score import INLINE_RESULT_POSTS
+
+    topics = read_bundle(onnx_bundle).schema_.task("topic").labels
+    team = {"agents": [agent("a", topics), agent("b", topics[:1])]}
+    assert client.put("/v1/agents", headers=AUTH, json=team).status_code == 200
+    many = [TEXTS[i % len(TEXTS)] for i in range(INLINE_RESULT_POSTS + 3)]
+    batch = client.post("/v1/score", headers=AUTH, json=posts(*many)).json()["results"]
+    assert len(batch) == len(many)
+    for i, text in enumerate(many):
+        alone = client.post("/v1/score", headers=AUTH, json=posts(text)).json()["results"][0]
+        for key in ("priority", "route", "actionable"):
+            got, want = batch[i][key], alone[key]
+            if key == "priority":
+                clock = {"respond_by": None, "internal_target": None}  # "now" differs
+                got, want = got | clock, want | clock
+            assert got == pytest.approx(want, abs=1e-3) if key == "actionable" else got == want

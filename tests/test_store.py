@@ -7,11 +7,11 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import delete, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from serving.schemas import Agent, AgentStatus
-from serving.store import Store, normalize_url
+from serving.store import Store, agents_table, normalize_url
 
 PG_URL = os.environ.get(
     "CARETRIAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -154,3 +154,52 @@ def test_postgres_url_uses_psycopg3():
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+
+
+# -- the roster snapshot scoring reads ----------------------------------------------------------
+
+
+def test_roster_snapshot_is_served_without_reading_again(store):
+    store.replace_agents([agent("a")])
+    first = store.roster(max_age=60)
+    with store.engine.connect() as conn:  # a write behind the store's back (another process)
+        conn.execute(delete(agents_table))
+        conn.commit()
+    assert store.cached_roster(max_age=60) is first
+    assert [a.id for a in store.roster(max_age=60)] == ["a"]
+    assert store.roster(max_age=0) == ()  # too old for this caller: read anew
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.replace_agents([agent("b")]),
+        lambda s: s.upsert_agent(agent("b")),
+        lambda s: s.delete_agent("a"),
+    ],
+    ids=["replace", "upsert", "delete"],
+)
+def test_writes_through_the_store_are_seen_at_once(store, write):
+    store.replace_agents([agent("a")])
+    before = {a.id for a in store.roster(max_age=60)}
+    write(store)
+    assert store.cached_roster(max_age=60) is None
+    after = {a.id for a in store.roster(max_age=60)}
+    assert after == {a.id for a in store.list_agents()} != before
+
+
+def test_a_read_that_raced_a_write_is_not_kept(store, monkeypatch):
+    """A snapshot read before a write commits must not be cached after it."""
+    store.replace_agents([agent("a")])
+    real = store.list_agents
+
+    def read_then_write():
+        rows = real()
+        store.upsert_agent(agent("b"))  # lands while the reader holds the old rows
+        return rows
+
+    monkeypatch.setattr(store, "list_agents", read_then_write)
+    assert [a.id for a in store.roster(max_age=60)] == ["a"]
+    assert store.cached_roster(max_age=60) is None
+    monkeypatch.setattr(store, "list_agents", real)
+    assert [a.id for a in store.roster(max_age=60)] == ["a", "b"]
