@@ -24,7 +24,7 @@ def _train_config(args):
         else:
             data = json.loads(text)
     cfg = TrainConfig.model_validate(data)
-    for key in ("epochs", "seed", "name", "tracking_uri"):
+    for key in ("epochs", "seed", "name", "tracking_uri", "threads"):
         v = getattr(args, key, None)
         if v is not None:
             setattr(cfg, key, v)
@@ -133,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--config", help="a TrainConfig as JSON or YAML")
         q.add_argument("--epochs", type=int)
         q.add_argument("--seed", type=int)
+        q.add_argument(
+            "--threads", type=int, help="torch threads for this job (default: all cores)"
+        )
         q.add_argument("--name")
         q.add_argument("--tasks", nargs="+", choices=["topic", "sentiment", "actionability"])
         q.add_argument("--data-dir")

@@ -164,3 +164,123 @@ def test_export_checkpoint_logs_into_its_training_run(tiny_cfg, tiny_corpus, tmp
     assert report["failures"] or (registry and not registry["champion"])
     client = MlflowClient(tracking_uri=tiny_cfg.tracking_uri)
     assert "export" in {a.path for a in client.list_artifacts(res.run_id)}
+
+
+def test_weight_average_tracks_and_swaps(tiny_model):
+    import copy
+
+    import torch
+
+    from training.train import WeightAverage
+
+    model = copy.deepcopy(tiny_model[0])
+    head = model.heads["topic"].weight
+    start = head.detach().clone()
+    ema = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        head.add_(1.0)
+    ema.update()  # warm-up decay: min(0.5, 2/11) = 2/11 of the old, 9/11 of the new weights
+    expected = start * (2 / 11) + (start + 1.0) * (9 / 11)
+    live = head.detach().clone()
+    ema.swap()
+    assert torch.allclose(head, expected, atol=1e-6)
+    ema.swap()
+    assert torch.equal(head, live)
+
+
+def test_training_keeps_the_best_validated_weights(tiny_cfg, tiny_corpus):
+    """With selection on, the kept weights are the epoch/kind with the best validation score,
+    and re-validating them reproduces that score."""
+    from training.evaluate import evaluate
+    from training.train import make_predictor, selection_score, train
+
+    cfg = tiny_cfg.model_copy(update={"epochs": 2, "ema_decay": 0.9})
+    trained = train(cfg, tiny_corpus)
+    tasks = trained.schema.names
+    scores = {
+        f"epoch {row['epoch']} {kind}": selection_score(
+            {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix + "val_")},
+            tasks,
+        )
+        for row in trained.history
+        for kind, prefix in (("raw", ""), ("ema", "ema_"))
+    }
+    best = max(scores.values())
+    assert scores[trained.selected] == best
+    predict = make_predictor(trained.model, trained.tokenizer, cfg.max_length)
+    metrics, _ = evaluate(predict, trained.schema, tiny_corpus, split="val")
+    again = selection_score(
+        {f"val_{t}_{k}": v for t, m in metrics.items() for k, v in m.items()}, tasks
+    )
+    assert again == pytest.approx(best, abs=1e-6)
+
+
+def test_gptq_rounding_moves_layer_outputs_less_than_nearest():
+    """On correlated inputs like the calibration ones, compensating each row's rounding error
+    leaves the layer's outputs much closer to fp32 than rounding every weight to nearest, on
+    the same int8 grid."""
+    import numpy as np
+
+    from training.export import gptq_int8
+
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(64, 64))
+    x = rng.normal(size=(4000, 64)) @ mix  # correlated features, as hidden states are
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    scale = np.abs(w).max(axis=0) / 127.0
+    nearest = np.clip(np.round(w / scale), -127, 127)
+    gptq = gptq_int8(w, scale, x.T @ x)
+    assert gptq.dtype == np.int8 and np.abs(gptq.astype(int)).max() <= 127
+
+    def err(q):
+        return float(np.linalg.norm(x @ (w - q * scale)))
+
+    assert err(gptq) < 0.7 * err(nearest)
+    train, held_out = x[:2000], x[2000:]  # and on inputs it was not calibrated on
+    gptq = gptq_int8(w, scale, train.T @ train)
+    assert np.linalg.norm(held_out @ (w - gptq * scale)) < np.linalg.norm(
+        held_out @ (w - nearest * scale)
+    )
+
+
+def test_calibrated_recipe_builds_a_close_int8_graph(tiny_model, tmp_path):
+    import numpy as np
+
+    from training.export import (
+        apply_recipe,
+        export_onnx,
+        feeds,
+        input_hessians,
+        session,
+        weight_only_int8,
+    )
+
+    model, tokenizer = tiny_model
+    fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
+    texts = ["my bag is lost", "thanks for the upgrade!", "flight delayed again " * 5, "ok"]
+    calibration, _ = feeds(tokenizer, texts * 8, max_length=32, batch_size=8)
+    with pytest.raises(ValueError, match="calibration"):
+        apply_recipe(fp32, tmp_path / "q.onnx", "int8_weights_gptq")
+    hessians = input_hessians(fp32, calibration, min_size=0)
+    assert hessians and all(h.shape[0] == h.shape[1] for h in hessians.values())
+    q, nodes = apply_recipe(fp32, tmp_path / "q.onnx", "int8_weights_gptq", calibration)
+    # The tiny model's matrices are under the default size floor: only the embeddings convert.
+    assert nodes and not set(nodes) & set(hessians)
+    q = tmp_path / "q_all.onnx"
+    q.write_bytes(fp32.read_bytes())
+    assert set(weight_only_int8(q, min_size=0, hessians=hessians)) >= set(hessians)
+    ref, got = session(fp32), session(q)
+    for feed in calibration:
+        for a, b in zip(ref.run(None, feed), got.run(None, feed), strict=True):
+            assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
+
+
+def test_without_validation_rows_the_last_weights_are_kept(tiny_cfg, tiny_corpus):
+    from training.config import DataConfig
+    from training.train import train
+
+    cfg = tiny_cfg.model_copy(
+        update={"epochs": 2, "data": DataConfig(tasks=["actionability"], max_rows=200)}
+    )
+    corpus = tiny_corpus.filter(lambda ex: ex["actionability"] != -100)
+    assert train(cfg, corpus).selected == "epoch 2 raw"

@@ -57,6 +57,12 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = 0.06
     dropout: float = 0.1
     freeze_word_embeddings: bool = True
+    # An exponential moving average of the weights, evaluated beside the raw weights after
+    # every epoch (None: off). Averaging smooths the last steps' noise on small data sets.
+    ema_decay: float | None = Field(default=0.998, gt=0.0, lt=1.0)
+    # Keep the epoch (raw or EMA weights) with the best mean validation macro-F1 instead of the
+    # last one: the choice is made on validation rows only, never on test rows.
+    select_best: bool = True
     task_weights: dict[str, float] = Field(
         default_factory=lambda: {"topic": 1.0, "sentiment": 1.0, "actionability": 1.5}
     )

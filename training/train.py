@@ -39,6 +39,7 @@ class Trained:
     config: TrainConfig
     history: list[dict[str, float]]
     temperatures: dict[str, float]
+    selected: str = ""  # which weights were kept, e.g. "epoch 3 ema"
 
 
 def length_grouped_batches(
@@ -111,6 +112,40 @@ def loss_for(task: str, y: torch.Tensor, n_labels: int, cfg: TrainConfig):
     return torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE)
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights (decay warmed up from 0, so
+    early steps do not drag the average towards the pretrained start)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        self.live = [params[n] for n in self.names]
+        self.shadow = [p.detach().clone() for p in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_mul_(self.shadow, d)
+        torch._foreach_add_(self.shadow, [p.detach() for p in self.live], alpha=1 - d)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to restore)."""
+        for p, s in zip(self.live, self.shadow, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+
+def selection_score(row: dict[str, float], tasks: Sequence[str]) -> float:
+    """Mean validation macro-F1 over the tasks that have validation rows (model selection)."""
+    vals = [row[f"val_{t}_macro_f1"] for t in tasks if f"val_{t}_macro_f1" in row]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     """Fine-tune all heads jointly; ``on_epoch(epoch, metrics)`` is called after each epoch."""
     seed_everything(cfg.seed)
@@ -143,6 +178,17 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     rng = random.Random(cfg.seed)
     predict = make_predictor(model, tokenizer, cfg.max_length)
     history: list[dict[str, float]] = []
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    best: tuple[float, str, dict[str, torch.Tensor]] | None = None
+
+    def validate(prefix: str) -> dict[str, float]:
+        val_metrics, _ = evaluate(predict, schema, corpus, split="val")
+        return {
+            f"{prefix}val_{t}_{k}": v
+            for t, m in val_metrics.items()
+            for k, v in m.items()
+            if k != "n"
+        }
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -166,19 +212,55 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        row: dict[str, float] = {"epoch": epoch}
+        row: dict[str, float] = {"epoch": epoch, "epoch_seconds": bar.format_dict["elapsed"]}
         row.update({f"train_loss_{t}": running[t] / max(1, counts[t]) for t in schema.names})
-        val_metrics, _ = evaluate(predict, schema, corpus, split="val")
-        for t, m in val_metrics.items():
-            row.update({f"val_{t}_{k}": v for k, v in m.items() if k != "n"})
+        row.update(validate(""))
+        candidates = [("raw", row)]
+        if ema is not None:
+            ema.swap()
+            ema_row = validate("ema_")
+            row.update(ema_row)
+            candidates.append(("ema", {k[4:]: v for k, v in ema_row.items()}))
+        for kind, metrics in candidates:
+            score = selection_score(metrics, schema.names)
+            # No validation rows for the trained tasks (a NaN score): nothing to select on.
+            if cfg.select_best and not math.isnan(score) and (best is None or score > best[0]):
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if kind == "raw" and ema is not None:  # the live weights are the EMA ones now
+                    state = _raw_state(model, ema, state)
+                best = (score, f"epoch {epoch} {kind}", state)
+        if ema is not None:
+            ema.swap()
         history.append(row)
         log.info("epoch %d: %s", epoch, json.dumps(row))
         if on_epoch:
             on_epoch(epoch, row)
 
+    if best is not None:
+        log.info("keeping %s (mean validation macro-F1 %.2f)", best[1], best[0])
+        model.load_state_dict(best[2])
+    elif ema is not None and not cfg.select_best:
+        ema.swap()  # selection off: the averaged weights are the result
+    # (selection on but no validation rows: the last raw weights, as without averaging)
     temperatures = calibrate(predict, corpus, schema)
-    return Trained(model.eval(), tokenizer, schema, cfg, history, temperatures)
+    if best is not None:
+        selected = best[1]
+    else:
+        averaged = ema is not None and not cfg.select_best
+        selected = f"epoch {cfg.epochs} {'ema' if averaged else 'raw'}"
+    return Trained(model.eval(), tokenizer, schema, cfg, history, temperatures, selected)
+
+
+def _raw_state(
+    model: torch.nn.Module, ema: WeightAverage, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` (taken while the EMA weights are live) with the raw weights put back."""
+    for name, raw in zip(ema.names, ema.shadow, strict=True):
+        state[name] = raw.detach().clone()
+    return state
 
 
 def calibrate(predict, corpus: DatasetDict, schema: LabelSchema) -> dict[str, float]:
@@ -199,6 +281,8 @@ def save_checkpoint(trained: Trained, out: Path) -> Path:
     trained.schema.save(out / "label_schema.json")
     (out / "train_config.json").write_text(trained.config.model_dump_json(indent=2))
     (out / "temperatures.json").write_text(json.dumps(trained.temperatures, indent=2))
+    history = {"epochs": trained.history, "selected": trained.selected}
+    (out / "history.json").write_text(json.dumps(history, indent=2))
     return out
 
 
@@ -214,4 +298,14 @@ def load_checkpoint(path: Path) -> Trained:
     model = MultiTaskModel(encoder, schema, cfg.dropout)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
     temps = json.loads((path / "temperatures.json").read_text())
-    return Trained(model.eval(), tok, schema, cfg, [], temps)
+    hist = path / "history.json"
+    history = json.loads(hist.read_text()) if hist.is_file() else {}
+    return Trained(
+        model.eval(),
+        tok,
+        schema,
+        cfg,
+        history.get("epochs", []),
+        temps,
+        history.get("selected", ""),
+    )
