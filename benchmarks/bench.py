@@ -240,7 +240,7 @@ def measure_http(
 
 # Alternatives to the default server settings, measured on the single-post load.
 SERVER_VARIANTS: dict[str, dict[str, str]] = {
-    "ort_spinning": {"CARETRIAGE_INTRA_OP_SPINNING": "1"},
+    "ort_no_spinning": {"CARETRIAGE_INTRA_OP_SPINNING": "0"},
     "roster_read_per_request": {"CARETRIAGE_ROSTER_MAX_AGE": "0"},
 }
 

@@ -111,6 +111,13 @@ def test_bench_quick_smoke(tiny_bundle: Path, onnx_bundle: Path, tmp_path: Path)
     for name in ("1_client", "2_clients"):
         _positive_numbers(h["batch_32"][name], "posts_per_s", "p50_ms", "p99_ms", "requests")
     _positive_numbers(h["memory_mb"]["after_load"], "VmHWM", "VmRSS")
+    from benchmarks.bench import SERVER_VARIANTS
+
+    assert set(h["single_variants"]) == set(SERVER_VARIANTS)
+    for name, row in h["single_variants"].items():
+        assert row["env"] == SERVER_VARIANTS[name]
+        _positive_numbers(row, "posts_per_s", "p50_ms", "p99_ms", "requests")
+        assert r["ratios"][f"http_single_p99_{name}_vs_default"] > 0
     assert h["errors"] == {}
     assert not Path(f"/proc/{h['server_pid']}").exists(), "the server outlived the benchmark"
 
