@@ -109,7 +109,7 @@ def cmd_evaluate(args) -> int:
         folds = [int(f) for f in args.folds.split(",")] if args.folds else None
         res = cross_validate(cfg, folds, out)
     else:
-        res = single_task_baselines(cfg, out)
+        res = single_task_baselines(cfg, out, args.tasks or None)
     print(json.dumps(res, indent=2))
     return 0
 

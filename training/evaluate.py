@@ -64,13 +64,18 @@ def task_metrics(
 
 
 def evaluate(
-    predict: Predictor, schema: LabelSchema, corpus: DatasetDict, split: str = "test"
+    predict: Predictor,
+    schema: LabelSchema,
+    corpus: DatasetDict,
+    split: str = "test",
+    tasks: Sequence[str] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Metrics per task, and the logits they came from (for parity checks and plots)."""
+    """Metrics per task (only ``tasks`` if given), and the logits they came from (for parity
+    checks and plots)."""
     metrics: dict[str, dict[str, float]] = {}
     logits_by_task: dict[str, np.ndarray] = {}
     for task, (texts, gold, domains) in eval_sets(corpus, split).items():
-        if not texts:
+        if not texts or (tasks is not None and task not in tasks):
             continue
         logits = predict(texts)[task]
         logits_by_task[task] = logits

@@ -62,8 +62,7 @@ def run(
         trained = train(cfg, corpus, on_epoch=on_epoch)
         mlflow.set_tag("selected_weights", trained.selected)
         predict = make_predictor(trained.model, trained.tokenizer, cfg.max_length)
-        metrics, logits = evaluate(predict, schema, corpus, "test")
-        metrics = {t: m for t, m in metrics.items() if t in cfg.data.tasks}
+        metrics, logits = evaluate(predict, schema, corpus, "test", tasks=cfg.data.tasks)
         mlflow.log_metrics(flatten(metrics, "test."))
         mlflow.log_dict(metrics, "metrics/test.json")
         mlflow.log_dict(trained.temperatures, "metrics/temperatures.json")

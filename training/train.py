@@ -181,8 +181,15 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     best: tuple[float, str, dict[str, torch.Tensor]] | None = None
 
+    # Only the trained tasks are validated: a single-task run skips the others' rows, and a run
+    # whose tasks have no validation rows (actionability alone) skips validation altogether.
+    val_tasks = [t for t, (texts, _, _) in eval_sets(corpus, "val").items() if texts]
+    val_tasks = [t for t in val_tasks if t in cfg.data.tasks]
+
     def validate(prefix: str) -> dict[str, float]:
-        val_metrics, _ = evaluate(predict, schema, corpus, split="val")
+        if not val_tasks:
+            return {}
+        val_metrics, _ = evaluate(predict, schema, corpus, split="val", tasks=val_tasks)
         return {
             f"{prefix}val_{t}_{k}": v
             for t, m in val_metrics.items()
@@ -219,7 +226,7 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
         row.update({f"train_loss_{t}": running[t] / max(1, counts[t]) for t in schema.names})
         row.update(validate(""))
         candidates = [("raw", row)]
-        if ema is not None:
+        if ema is not None and val_tasks:
             ema.swap()
             ema_row = validate("ema_")
             row.update(ema_row)
@@ -245,7 +252,7 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     elif ema is not None and not cfg.select_best:
         ema.swap()  # selection off: the averaged weights are the result
     # (selection on but no validation rows: the last raw weights, as without averaging)
-    temperatures = calibrate(predict, corpus, schema)
+    temperatures = calibrate(predict, corpus, schema, val_tasks)
     if best is not None:
         selected = best[1]
     else:
@@ -263,11 +270,14 @@ def _raw_state(
     return state
 
 
-def calibrate(predict, corpus: DatasetDict, schema: LabelSchema) -> dict[str, float]:
-    """Per-task temperature on validation rows; 1.0 for a task without validation data."""
+def calibrate(
+    predict, corpus: DatasetDict, schema: LabelSchema, tasks: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Per-task temperature on validation rows (of ``tasks`` if given); 1.0 for a task
+    without validation data."""
     temps = {t: 1.0 for t in schema.names}
     for task, (texts, gold, _) in eval_sets(corpus, "val").items():
-        if texts:
+        if texts and (tasks is None or task in tasks):
             temps[task] = fit_temperature(predict(texts)[task], gold)
     return temps
 
