@@ -178,13 +178,15 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     rng = random.Random(cfg.seed)
     predict = make_predictor(model, tokenizer, cfg.max_length)
     history: list[dict[str, float]] = []
-    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     best: tuple[float, str, dict[str, torch.Tensor]] | None = None
 
     # Only the trained tasks are validated: a single-task run skips the others' rows, and a run
     # whose tasks have no validation rows (actionability alone) skips validation altogether.
     val_tasks = [t for t, (texts, _, _) in eval_sets(corpus, "val").items() if texts]
     val_tasks = [t for t in val_tasks if t in cfg.data.tasks]
+    # The average is only worth keeping if it can be chosen (validation) or is the result.
+    keep_average = cfg.ema_decay and (val_tasks or not cfg.select_best)
+    ema = WeightAverage(model, cfg.ema_decay) if keep_average else None
 
     def validate(prefix: str) -> dict[str, float]:
         if not val_tasks:
