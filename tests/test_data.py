@@ -53,3 +53,25 @@ def test_texts_are_normalized(corpus):
 
     handle = re.compile(r"(?<![\w@])@(?!user\b)\w")
     assert not any("http://" in t or handle.search(t) for t in corpus["train"]["text"])
+
+
+def test_a_validation_fold_is_held_out_of_training_and_validates_actionability(schema):
+    from training.data import load_corpus
+    from training.evaluate import eval_sets
+
+    c = load_corpus(DataConfig(complaints_test_fold=0, complaints_val_fold=9), schema)
+    assert set(c["complaints_val"]["fold"]) == {9}
+    train = set(c["train"]["text"])
+    assert sum(t in train for t in c["complaints_val"]["text"]) <= 3  # source duplicates
+    texts, gold, domains = eval_sets(c, "val")["actionability"]
+    assert len(texts) == len(c["complaints_val"]) and min(gold) >= 0 and all(domains)
+    # By default the fold after the test fold validates; None leaves no validation rows.
+    assert DataConfig(complaints_test_fold=9).val_fold == 0
+    assert "actionability" not in eval_sets(
+        load_corpus(DataConfig(complaints_val_fold=None), schema), "val"
+    )
+
+
+def test_the_validation_fold_must_differ_from_the_test_fold():
+    with pytest.raises(ValueError, match="complaints_val_fold"):
+        DataConfig(complaints_test_fold=3, complaints_val_fold=3)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from features.schema import default_schema_path
 
@@ -35,11 +35,28 @@ class DataConfig(BaseModel):
         default_factory=lambda: ["topic", "sentiment", "actionability"]
     )
     complaints_test_fold: int = Field(default=0, ge=0, le=9)
+    # A second held-out fold gives actionability validation rows (weight selection, temperature)
+    # at the cost of a ninth of its training rows. "next" is the fold after the test fold (so a
+    # cross-validation moves both); None trains on every fold but the test one.
+    complaints_val_fold: Annotated[int, Field(ge=0, le=9)] | Literal["next"] | None = "next"
     use_tweeteval: bool = False
     # Extra labelled rows: CSV/JSONL paths or public data set names with a ``text`` column and
     # any of the task columns (label strings of the schema).
     extra: list[str] = Field(default_factory=list)
     max_rows: int | None = Field(default=None, description="cap per split, for smoke runs")
+
+    @model_validator(mode="after")
+    def _distinct_folds(self) -> DataConfig:
+        if self.complaints_val_fold == self.complaints_test_fold:
+            raise ValueError("complaints_val_fold must differ from complaints_test_fold")
+        return self
+
+    @property
+    def val_fold(self) -> int | None:
+        """The complaints fold that validates actionability (None: no validation rows)."""
+        if self.complaints_val_fold == "next":
+            return (self.complaints_test_fold + 1) % 10
+        return self.complaints_val_fold
 
 
 class TrainConfig(BaseModel):

@@ -125,8 +125,10 @@ def load_corpus(cfg: DataConfig, schema: LabelSchema) -> DatasetDict:
     """train / val / test, plus the per-task test tables, on the fixed splits."""
     air = airline(cfg, schema)
     comp = complaints(cfg, schema)
-    test_fold = cfg.complaints_test_fold
-    comp_train = comp.filter(lambda ex: ex["fold"] != test_fold).select_columns(list(COLUMNS))
+    test_fold, val_fold = cfg.complaints_test_fold, cfg.val_fold
+    comp_train = comp.filter(lambda ex: ex["fold"] not in (test_fold, val_fold)).select_columns(
+        list(COLUMNS)
+    )
     comp_test = comp.filter(lambda ex: ex["fold"] == test_fold)
     parts = [air["train"], comp_train]
     if cfg.use_tweeteval:
@@ -141,6 +143,8 @@ def load_corpus(cfg: DataConfig, schema: LabelSchema) -> DatasetDict:
             "complaints_test": comp_test,
         }
     )
+    if val_fold is not None and "actionability" in cfg.tasks:
+        out["complaints_val"] = comp.filter(lambda ex: ex["fold"] == val_fold)
     if cfg.max_rows:
         out = DatasetDict({k: v.select(range(min(len(v), cfg.max_rows))) for k, v in out.items()})
     return out

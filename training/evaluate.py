@@ -30,8 +30,8 @@ def eval_sets(
     for task in ("sentiment", "topic"):
         rows = [(t, y) for t, y in zip(air["text"], air[task], strict=True) if y >= 0]
         out[task] = ([t for t, _ in rows], [y for _, y in rows], [""] * len(rows))
-    if split == "test" and "complaints_test" in corpus:
-        c = corpus["complaints_test"]
+    if f"complaints_{split}" in corpus:
+        c = corpus[f"complaints_{split}"]
         out["actionability"] = (list(c["text"]), list(c["actionability"]), list(c["domain"]))
     return out
 

@@ -30,6 +30,15 @@ class JobResult:
     registry: dict | None
     seconds: float
     shipped: bool = False
+    selected: str | None = None  # which weights were kept ("epoch 3 ema"), from validation
+
+
+def _folds(cfg: TrainConfig) -> str:
+    d = cfg.data
+    held = {d.complaints_test_fold, d.val_fold} - {None}
+    train = ", ".join(str(k) for k in range(10) if k not in held)
+    val = "" if d.val_fold is None else f", fold {d.val_fold} for validation"
+    return f"folds {train} for training{val}, fold {d.complaints_test_fold} for test"
 
 
 def offline() -> None:
@@ -105,7 +114,9 @@ def run(
             )
         secs = time.time() - t0
         mlflow.log_metric("job_seconds", secs)
-        return JobResult(active.info.run_id, metrics, out, registry, secs, shipped)
+        return JobResult(
+            active.info.run_id, metrics, out, registry, secs, shipped, trained.selected
+        )
 
 
 def export_and_register(
@@ -291,8 +302,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 ## Data
 - sentiment and topic: Twitter US Airline Sentiment (Crowdflower, CC BY-NC-SA 4.0), fixed
   80/10/10 split; topic learned from negative tweets carrying a reason other than "Can't Tell".
-- actionability: complaints corpus (Preoţiuc-Pietro et al., ACL 2019), folds ≠
-  {cfg.data.complaints_test_fold} for training, fold {cfg.data.complaints_test_fold} for test;
+- actionability: complaints corpus (Preoţiuc-Pietro et al., ACL 2019), {_folds(cfg)};
   complaint = complaint, random tweets/replies = none, brand-addressed non-complaints from the
   project's silver request/none annotation.
 
