@@ -75,3 +75,24 @@ def test_a_validation_fold_is_held_out_of_training_and_validates_actionability(s
 def test_the_validation_fold_must_differ_from_the_test_fold():
     with pytest.raises(ValueError, match="complaints_val_fold"):
         DataConfig(complaints_test_fold=3, complaints_val_fold=3)
+
+
+def test_extra_training_sources_join_the_training_table(schema, tmp_path):
+    """TweetEval (built in memory) and an extra JSONL file add their rows to training, with
+    labels for their own tasks only."""
+    import json
+
+    from training.data import load_corpus
+
+    rows = [{"text": "my card was charged twice", "sentiment": "negative"}]
+    path = tmp_path / "extra.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    base = load_corpus(DataConfig(), schema)
+    more = load_corpus(DataConfig(use_tweeteval=True, extra=[str(path)]), schema)
+    added = collections.Counter(more["train"]["source"]) - collections.Counter(
+        base["train"]["source"]
+    )
+    assert added == {"tweeteval": 2000, "extra": 1}
+    row = more["train"].filter(lambda ex: ex["source"] == "extra")[0]
+    assert row["sentiment"] == schema.task("sentiment").labels.index("negative")
+    assert row["topic"] == row["actionability"] == -100

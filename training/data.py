@@ -18,6 +18,11 @@ from training.config import DataConfig
 
 IGNORE = -100
 COLUMNS = ("text", "topic", "sentiment", "actionability", "source")
+# One column type per column for every source: text read from CSV is large_string, text built
+# in memory is string, and ``concatenate_datasets`` refuses to mix them.
+FEATURES = datasets.Features(
+    {c: datasets.Value("string" if c in ("text", "source") else "int64") for c in COLUMNS}
+)
 _ALIASES = {"longlines": "long_lines"}
 
 
@@ -46,7 +51,9 @@ def _finish(ds: Dataset, schema: LabelSchema, source: str, fn) -> Dataset:
         }
 
     # No map cache: a changed normalizer must never be served stale rows.
-    return ds.map(row, remove_columns=ds.column_names, load_from_cache_file=False)
+    return ds.map(
+        row, remove_columns=ds.column_names, features=FEATURES, load_from_cache_file=False
+    )
 
 
 def _csv(path: Path) -> Dataset:
