@@ -149,6 +149,36 @@ def test_weight_only_int8_keeps_outputs_and_shrinks_weights(tiny_model, tmp_path
         assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
 
 
+def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from training.export import export_onnx, session, weight_only_int8
+
+    model, tokenizer = tiny_model
+    fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
+    before_w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
+    ids = np.array([[101, 2000, 2001, 102, 0]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)}
+    before = session(fp32).run(None, feed)
+    done = weight_only_int8(fp32, min_size=0, block=8)
+    assert done, "some weights are divisible into blocks of 8"
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
+    blocked = [n[: -len("_w8_shape")] for n in inits if n.endswith("_w8_shape")]
+    assert blocked
+    for base in blocked:
+        w, q, scale = before_w[base], inits[base + "_w8"], inits[base + "_w8_scale"]
+        assert q.dtype == np.int8 and 1 in scale.shape and scale.size > min(w.shape)
+        deq = (q.astype(np.float32) * scale).reshape(w.shape)
+        # Nearest rounding: no weight moves more than half of its own block's step.
+        err = np.abs(deq - w).reshape(q.shape)
+        assert (err <= scale / 2 + 1e-7).all()
+    after = session(fp32).run(None, feed)
+    for a, b in zip(before, after, strict=True):
+        assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
+
+
 def test_export_checkpoint_logs_into_its_training_run(tiny_cfg, tiny_corpus, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
