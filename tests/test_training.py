@@ -102,6 +102,11 @@ def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
     assert res2.registry == {**res2.registry, "version": "2", "champion": True}
     assert res2.shipped and read_bundle(tmp_path / "bundle2").meta.name == "tiny-test"
     assert str(client.get_model_version_by_alias("tiny-test", CHAMPION).version) == "2"
+    # The next candidate is gated against the champion's served (int8 bundle) metrics.
+    from training.tracking import champion_metrics, flatten
+
+    served = flatten(read_bundle(tmp_path / "bundle2").meta.metrics)
+    assert champion_metrics(client, "tiny-test") == served
 
 
 def test_export_parity_recorded(tiny_bundle):

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# Model-version tag holding the metrics the version was gated on (its bundle's test metrics).
+METRICS_TAG = "metrics"
 
 
 class QualityGate(BaseModel):
@@ -79,13 +81,18 @@ def log_config(mlflow, config: BaseModel) -> None:
 
 
 def champion_metrics(client, name: str) -> dict[str, float] | None:
-    """The test metrics of the version the ``champion`` alias points at, if any."""
+    """The served (bundle) test metrics of the version the ``champion`` alias points at, if
+    any: the same figures a candidate is gated on. A run can hold several exports, so they are
+    read from the version's own tag; versions registered before the tag existed fall back to
+    the run's PyTorch test metrics."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+    if METRICS_TAG in (mv.tags or {}):
+        return {k: float(v) for k, v in json.loads(mv.tags[METRICS_TAG]).items()}
     run = client.get_run(mv.run_id)
     return {
         k.removeprefix("test."): v for k, v in run.data.metrics.items() if k.startswith("test.")
@@ -105,6 +112,7 @@ def register_bundle(mlflow, bundle: Path, name: str, metrics, gate: QualityGate)
         onnx.load(str(bundle / "model.onnx")), name="model", registered_model_name=name
     )
     version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, METRICS_TAG, json.dumps(flatten(metrics)))
     failures = gate.check(metrics, before)
     result = {"name": name, "version": version, "gate_failures": failures, "champion": False}
     if not failures:
