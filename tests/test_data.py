@@ -87,7 +87,7 @@ def test_extra_training_sources_join_the_training_table(schema, tmp_path):
     rows = [{"text": "my card was charged twice", "sentiment": "negative"}]
     path = tmp_path / "extra.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    base = load_corpus(DataConfig(), schema)
+    base = load_corpus(DataConfig(use_tweeteval=False), schema)
     more = load_corpus(DataConfig(use_tweeteval=True, extra=[str(path)]), schema)
     added = collections.Counter(more["train"]["source"]) - collections.Counter(
         base["train"]["source"]
