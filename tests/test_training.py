@@ -170,15 +170,20 @@ def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path)
     done = weight_only_int8(fp32, min_size=0, block=8)
     assert done, "some weights are divisible into blocks of 8"
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
-    blocked = [n[: -len("_w8_shape")] for n in inits if n.endswith("_w8_shape")]
-    assert blocked
-    for base in blocked:
+    graph = onnx.load(str(fp32)).graph
+    blocked = [n for n in graph.node if any(a.name == "block_size" for a in n.attribute)]
+    assert blocked and all(n.op_type == "DequantizeLinear" for n in blocked)
+    assert max(o.version for o in onnx.load(str(fp32)).opset_import if o.domain == "") >= 21
+    for node in blocked:
+        attrs = {a.name: a.i for a in node.attribute}
+        along, size = attrs["axis"], attrs["block_size"]
+        base = node.output[0][: -len("_dq")]
         w, q, scale = before_w[base], inits[base + "_w8"], inits[base + "_w8_scale"]
-        assert q.dtype == np.int8 and 1 in scale.shape and scale.size > min(w.shape)
-        deq = (q.astype(np.float32) * scale).reshape(w.shape)
+        assert q.dtype == np.int8 and q.shape == w.shape
+        assert scale.shape[along] == w.shape[along] // size and scale.size > min(w.shape)
+        step = np.repeat(scale, size, axis=along)
         # Nearest rounding: no weight moves more than half of its own block's step.
-        err = np.abs(deq - w).reshape(q.shape)
-        assert (err <= scale / 2 + 1e-7).all()
+        assert (np.abs(q * step - w) <= step / 2 + 1e-7).all()
     after = session(fp32).run(None, feed)
     for a, b in zip(before, after, strict=True):
         assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
