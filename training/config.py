@@ -39,8 +39,8 @@ class DataConfig(BaseModel):
     # at the cost of a ninth of its training rows. "next" is the fold after the test fold (so a
     # cross-validation moves both); None trains on every fold but the test one.
     complaints_val_fold: Annotated[int, Field(ge=0, le=9)] | Literal["next"] | None = "next"
-    # TweetEval's 2,000 labelled validation tweets as extra sentiment training rows (other
-    # brands and topics than the airline set; its own validation rows are never used).
+    # TweetEval's 2,000 labelled validation tweets as extra sentiment training rows (general
+    # tweets, not airline ones; nothing is validated on them).
     use_tweeteval: bool = True
     # Extra labelled rows: CSV/JSONL paths or public data set names with a ``text`` column and
     # any of the task columns (label strings of the schema).

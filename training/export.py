@@ -43,7 +43,7 @@ class ExportCheckFailed(RuntimeError):
 class ExportGate:
     fp32_max_abs_diff: float = 1e-4
     # Quantization recipes to try, in order (see RECIPES), each judged on validation texts.
-    # Block scales first: on the shipped model one scale per 128 weights (+0.4 MB) agreed with
+    # Block scales first: on a topic-weight-2 model one scale per 128 weights (+0.4 MB) agreed with
     # fp32 on 99.87% of validation topics vs 99.74% per channel (test 99.38 vs 99.13), and
     # blocks of 64 or 32 bought nothing more (32 breaks the 25 MB budget). GPTQ halved each
     # layer's logit error on an earlier model but moved test agreement by a post or two either
@@ -157,8 +157,9 @@ def weight_only_int8(
     ``hessians`` is rounded by ``gptq_int8`` (errors compensated), the others to nearest.
     ``block`` gives each channel one scale per ``block`` consecutive weights instead of one in
     all (finer steps where a channel's magnitudes vary, for a few hundred kB of scales), as an
-    opset-21 blocked DequantizeLinear: it folds at load like the per-channel one, into one
-    fp32 copy (a Cast -> Mul -> Reshape chain folded into three, and peaked at 400 MiB).
+    opset-21 blocked DequantizeLinear, which folds at load into one fp32 copy like the
+    per-channel one (a Cast -> Mul -> Reshape chain folded into three and peaked at 400 MiB).
+    Blocked weights are rounded to nearest: ``hessians`` apply to per-channel weights only.
     Returns the nodes converted."""
     from onnx import helper, numpy_helper
 
@@ -382,10 +383,10 @@ def _eval_logits(predict: Predictor, tasks_texts: dict[str, list[str]]) -> Logit
 
 # Quantization recipes. "int8_weights" stores every weight as int8 and computes in fp32:
 # batch-invariant and closest to fp32; "_b128" gives each channel one scale per 128 weights
-# instead of one in all; "int8_weights_gptq" is the same with the
-# rounding chosen to compensate errors on calibration activations. The dynamic recipes also quantize
-# activations (faster), but with one activation scale per batch a post's scores then depend
-# on the posts it is batched with; measured on this encoder, that flipped 1-5% of labels.
+# instead of one in all; "int8_weights_gptq" chooses the rounding to compensate errors on
+# calibration activations. The dynamic recipes also quantize activations (faster), but with
+# one activation scale per batch a post's scores then depend on the posts it is batched with;
+# measured on this encoder, that flipped 1-5% of labels.
 @dataclass(frozen=True)
 class Recipe:
     dynamic: bool
