@@ -169,11 +169,11 @@ def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path)
     before = session(fp32).run(None, feed)
     done = weight_only_int8(fp32, min_size=0, block=8)
     assert done, "some weights are divisible into blocks of 8"
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
-    graph = onnx.load(str(fp32)).graph
-    blocked = [n for n in graph.node if any(a.name == "block_size" for a in n.attribute)]
+    quantized = onnx.load(str(fp32))
+    inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    blocked = [n for n in quantized.graph.node if any(a.name == "block_size" for a in n.attribute)]
     assert blocked and all(n.op_type == "DequantizeLinear" for n in blocked)
-    assert max(o.version for o in onnx.load(str(fp32)).opset_import if o.domain == "") >= 21
+    assert max(o.version for o in quantized.opset_import if o.domain == "") >= 21
     for node in blocked:
         attrs = {a.name: a.i for a in node.attribute}
         along, size = attrs["axis"], attrs["block_size"]
