@@ -321,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         "max_length": bundle.meta.max_length,
         "onnx_mb": round(bundle.onnx_path.stat().st_size / 1e6, 1),
     }
-    workload = load_workload(args.data_dir or default_data_dir(), args.posts_b32 or None)
+    workload = load_workload(
+        args.data_dir or default_data_dir(),
+        args.posts_b32 or None,
+        normalizer=bundle.meta.normalizer,
+    )
     scorer = Scorer(bundle, intra_op_threads=args.threads)
     lengths = [len(ids) for ids in scorer.encode(workload.texts)]
     result["workload"] = {

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.text import normalize_text
+from features.text import NORMALIZER_VERSION, normalize_text
 
 _VOCABULARY = (
     "flight delayed again my bag lost at the gate thanks for the help customer service "
@@ -49,9 +49,14 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def load_workload(data_dir: Path, limit: int | None = None, seed: int = 0) -> Workload:
-    """Normalized texts (as training and serving see them) so every variant gets the same
-    tokens; arrival order is the file's order, cut to ``limit``."""
+def load_workload(
+    data_dir: Path,
+    limit: int | None = None,
+    seed: int = 0,
+    normalizer: str = NORMALIZER_VERSION,
+) -> Workload:
+    """Texts normalized as the bundle's training was (``normalizer``), so every variant gets
+    the same tokens; arrival order is the file's order, cut to ``limit``."""
     raw = airline_texts(data_dir)
     if raw:
         texts, source, path, note = (
@@ -66,4 +71,4 @@ def load_workload(data_dir: Path, limit: int | None = None, seed: int = 0) -> Wo
         note = f"{data_dir}/airline/test.csv not found: synthetic tweets stand in for real ones"
     if limit:
         texts = texts[:limit]
-    return Workload([normalize_text(t) for t in texts], source, path, note)
+    return Workload([normalize_text(t, normalizer) for t in texts], source, path, note)

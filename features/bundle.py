@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from features.schema import LabelSchema
-from features.text import NORMALIZER_VERSION
+from features.text import NORMALIZER_VERSION, NORMALIZERS
 
 BUNDLE_FORMAT = 1
 META_FILE = "bundle.json"
@@ -76,10 +76,10 @@ def read_bundle(path: str | Path) -> Bundle:
     meta = BundleMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
     if meta.format != BUNDLE_FORMAT:
         raise BundleError(f"{p}: bundle format {meta.format}, this code reads {BUNDLE_FORMAT}")
-    if meta.normalizer != NORMALIZER_VERSION:
+    if meta.normalizer not in NORMALIZERS:
         raise BundleError(
             f"{p}: trained with text normalizer {meta.normalizer!r}, this code has "
-            f"{NORMALIZER_VERSION!r}"
+            f"{sorted(NORMALIZERS)}"
         )
     schema = LabelSchema.load(p / meta.label_schema_file)
     missing = [t for t in schema.names if t not in meta.outputs]

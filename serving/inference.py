@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from features.bundle import Bundle, BundleError, read_bundle
 from features.calibration import softmax
-from features.text import normalize_text
+from features.text import normalizer
 
 log = logging.getLogger("caretriage.serving")
 
@@ -78,6 +78,8 @@ class Scorer:
         if unknown:
             raise BundleError(f"{bundle.path}: cannot feed ONNX inputs {unknown}")
 
+        # The normalizer the bundle was trained with (read_bundle has checked it is known).
+        self.normalize = normalizer(self.meta.normalizer)
         self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
         # The exported tokenizer may carry fixed padding (e.g. to 128); we pad per batch instead.
         self.tokenizer.no_padding()
@@ -129,7 +131,7 @@ class Scorer:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Normalize (exactly as in training) and tokenize, truncated at the bundle's max length."""
-        encodings = self.tokenizer.encode_batch([normalize_text(t) for t in texts])
+        encodings = self.tokenizer.encode_batch([self.normalize(t) for t in texts])
         return [e.ids for e in encodings]
 
     def _run(self, ids: Sequence[Sequence[int]]) -> list[np.ndarray]:

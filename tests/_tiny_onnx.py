@@ -15,6 +15,7 @@ import numpy as np
 
 from features.bundle import BundleMeta, write_meta
 from features.schema import LabelSchema, default_schema_path
+from features.text import NORMALIZER_VERSION
 
 
 def minilm_tokenizer_json() -> Path:
@@ -31,6 +32,7 @@ def build_onnx_bundle(
     seed: int = 0,
     dim: int = 16,
     schema: LabelSchema | None = None,
+    normalizer: str = NORMALIZER_VERSION,
 ) -> Path:
     """Write a bundle folder at ``out`` and return it."""
     import onnx
@@ -106,6 +108,7 @@ def build_onnx_bundle(
             outputs=outputs,
             temperatures=temperatures or {},
             metrics={t.name: {"macro_f1": 0.0} for t in schema.tasks},
+            normalizer=normalizer,
         ),
     )
     return out

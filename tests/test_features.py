@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from features.bundle import BundleError, read_bundle
 from features.context import reach, repeat_contacts, value
 from features.schema import LabelSchema, default_schema_path
-from features.text import normalize_text
+from features.text import NORMALIZER_VERSION, NORMALIZERS, normalize_text, normalizer
 
 
 @pytest.mark.parametrize(
@@ -29,9 +29,37 @@ def test_normalize_text(raw, expected):
     assert normalize_text(raw) == expected
 
 
-def test_normalize_is_idempotent():
-    s = "@x see http://y.z &amp;  more"
-    assert normalize_text(normalize_text(s)) == normalize_text(s)
+@pytest.mark.parametrize("version", sorted(NORMALIZERS))
+@pytest.mark.parametrize("s", ["@x see http://y.z &amp;  more", "ok 😡😡 ✈️ 👍🏽 🇺🇸 &amp; done"])
+def test_normalize_is_idempotent(version, s):
+    once = normalize_text(s, version)
+    assert normalize_text(once, version) == once
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("@united 😡😡😡 my bag", "@user :pouting face: my bag"),  # a run counts once
+        ("thanks 🙏🏽✈️", "thanks :person with folded hands: :airplane:"),  # tone, selector dropped
+        ("😂👍😂", ":face with tears of joy: :thumbs up sign: :face with tears of joy:"),
+        ("go 🇺🇸 team", "go :flag: team"),
+        ("👨‍👩‍👧", ":man: :woman: :girl:"),  # joiners dropped
+        ("30° © it's “fine”…", "30° © it's “fine”…"),  # symbols below U+2190 and punctuation kept
+        ("&#128545;", ":pouting face:"),  # an escaped emoji is an emoji
+    ],
+)
+def test_tweet_v2_spells_emoji(raw, expected):
+    assert normalize_text(raw, "tweet-v2") == expected
+
+
+def test_tweet_v1_is_unchanged_for_bundles_trained_with_it():
+    assert normalize_text("@a 😡 &amp; http://x", "tweet-v1") == "@user 😡 & http"
+
+
+def test_unknown_normalizer_is_named():
+    with pytest.raises(KeyError, match="tweet-v9"):
+        normalizer("tweet-v9")
+    assert NORMALIZER_VERSION in NORMALIZERS
 
 
 def test_default_schema_has_the_api_tasks():
@@ -102,6 +130,28 @@ def test_repeat_contacts_counts_other_channels_in_window():
 def test_read_bundle_names_what_is_missing(tmp_path):
     with pytest.raises(BundleError, match=r"bundle\.json"):
         read_bundle(tmp_path)
+
+
+def _with_normalizer(src, dst, version):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "bundle.json").read_text())
+    meta["normalizer"] = version
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_read_bundle_accepts_any_known_normalizer(tiny_bundle, tmp_path):
+    for version in NORMALIZERS:
+        b = read_bundle(_with_normalizer(tiny_bundle, tmp_path / version, version))
+        assert b.meta.normalizer == version
+
+
+def test_read_bundle_refuses_an_unknown_normalizer(tiny_bundle, tmp_path):
+    with pytest.raises(BundleError, match="tweet-v9"):
+        read_bundle(_with_normalizer(tiny_bundle, tmp_path / "b", "tweet-v9"))
 
 
 def test_read_bundle_of_the_fixture(tiny_bundle, schema):

@@ -123,6 +123,16 @@ def test_text_is_normalized_before_tokenizing(scorer):
     assert a == b
 
 
+def test_the_bundles_normalizer_is_applied(tmp_path):
+    """A bundle trained before emoji were spelled out (tweet-v1) is served with tweet-v1."""
+    old = Scorer.from_dir(build_onnx_bundle(tmp_path / "v1", normalizer="tweet-v1"))
+    new = Scorer.from_dir(build_onnx_bundle(tmp_path / "v2", normalizer="tweet-v2"))
+    unk = old.tokenizer.token_to_id("[UNK]")
+    assert unk in old.encode(["late again 😡"])[0]
+    assert unk not in new.encode(["late again 😡"])[0]
+    assert new.encode(["late again 😡"]) == new.encode(["late again :pouting face:"])
+
+
 def test_temperatures_applied(tmp_path, scorer):
     temps = {"topic": 2.0, "sentiment": 0.5}
     hot = Scorer.from_dir(build_onnx_bundle(tmp_path / "t", temperatures=temps))

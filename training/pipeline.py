@@ -307,7 +307,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
   {len(report.quantization.get("fp32_compute_int8_weights") or [])}.
 - Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}` (handles → @user,
-  links → http).
+  links → http{", emoji spelled out by name" if b.meta.normalizer != "tweet-v1" else ""}).
 - Calibrated softmax temperatures (validation): {b.meta.temperatures}.
 
 ## Labels
