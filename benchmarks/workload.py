@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.text import NORMALIZER_VERSION, normalize_text
+from features.text import DEFAULT_NORMALIZER, normalize_text
 
 _VOCABULARY = (
     "flight delayed again my bag lost at the gate thanks for the help customer service "
@@ -53,7 +53,7 @@ def load_workload(
     data_dir: Path,
     limit: int | None = None,
     seed: int = 0,
-    normalizer: str = NORMALIZER_VERSION,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> Workload:
     """Texts normalized as the bundle's training was (``normalizer``), so every variant gets
     the same tokens; arrival order is the file's order, cut to ``limit``."""

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from features.schema import LabelSchema
-from features.text import NORMALIZER_VERSION, NORMALIZERS
+from features.text import DEFAULT_NORMALIZER, NORMALIZERS
 
 BUNDLE_FORMAT = 1
 META_FILE = "bundle.json"
@@ -25,7 +25,7 @@ class BundleMeta(BaseModel):
     created_at: datetime
     base_model: str
     max_length: int = Field(gt=0)
-    normalizer: str = NORMALIZER_VERSION
+    normalizer: str = DEFAULT_NORMALIZER
     precision: Literal["fp32", "int8"]
     onnx_file: str = "model.onnx"
     tokenizer_file: str = "tokenizer.json"

@@ -15,7 +15,7 @@ import numpy as np
 
 from features.bundle import BundleMeta, write_meta
 from features.schema import LabelSchema, default_schema_path
-from features.text import NORMALIZER_VERSION
+from features.text import DEFAULT_NORMALIZER
 
 
 def minilm_tokenizer_json() -> Path:
@@ -32,7 +32,7 @@ def build_onnx_bundle(
     seed: int = 0,
     dim: int = 16,
     schema: LabelSchema | None = None,
-    normalizer: str = NORMALIZER_VERSION,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> Path:
     """Write a bundle folder at ``out`` and return it."""
     import onnx

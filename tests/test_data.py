@@ -55,6 +55,17 @@ def test_texts_are_normalized(corpus):
     assert not any("http://" in t or handle.search(t) for t in corpus["train"]["text"])
 
 
+def test_the_configured_normalizer_is_applied(schema):
+    from training.data import airline
+
+    v1 = airline(DataConfig(), schema)["test"]["text"]
+    v2 = airline(DataConfig(normalizer="tweet-v2"), schema)["test"]["text"]
+    changed = [(a, b) for a, b in zip(v1, v2, strict=True) if a != b]
+    assert changed and all(":" in b for _, b in changed)  # emoji spelled out as :name:
+    with pytest.raises(ValueError, match="tweet-v9"):
+        DataConfig(normalizer="tweet-v9")
+
+
 def test_a_validation_fold_is_held_out_of_training_and_validates_actionability(schema):
     from training.data import load_corpus
     from training.evaluate import eval_sets

@@ -91,9 +91,14 @@ def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
     assert {"config.json", "plots", "bundle", "metrics"} <= arts
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{res.run_id}/config.json"))
     assert logged["epochs"] == 1 and logged["tiny"] is True
-    # The same job under a gate it passes moves the alias to the new version.
+    assert b.meta.normalizer == "tweet-v1"  # the default
+    # The same job under a gate it passes moves the alias to the new version; the bundle
+    # records the configured normalizer, which serving then applies.
+    v2 = tiny_cfg.model_copy(
+        update={"data": tiny_cfg.data.model_copy(update={"normalizer": "tweet-v2"})}
+    )
     res2 = run(
-        tiny_cfg,
+        v2,
         tmp_path / "bundle2",
         corpus=tiny_corpus,
         export_gate=relaxed,
@@ -101,6 +106,7 @@ def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
     )
     assert res2.registry == {**res2.registry, "version": "2", "champion": True}
     assert res2.shipped and read_bundle(tmp_path / "bundle2").meta.name == "tiny-test"
+    assert read_bundle(tmp_path / "bundle2").meta.normalizer == "tweet-v2"
     assert str(client.get_model_version_by_alias("tiny-test", CHAMPION).version) == "2"
     # The next candidate is gated against the champion's served (int8 bundle) metrics.
     from training.tracking import champion_metrics, flatten

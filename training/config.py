@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from features.schema import default_schema_path
+from features.text import DEFAULT_NORMALIZER, NORMALIZERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +47,16 @@ class DataConfig(BaseModel):
     # any of the task columns (label strings of the schema).
     extra: list[str] = Field(default_factory=list)
     max_rows: int | None = Field(default=None, description="cap per split, for smoke runs")
+    # Text normalizer applied to every row (features.text.NORMALIZERS); the bundle records it
+    # and serving applies the same one. "tweet-v2" also spells emoji out by name.
+    normalizer: str = DEFAULT_NORMALIZER
+
+    @field_validator("normalizer")
+    @classmethod
+    def _known_normalizer(cls, v: str) -> str:
+        if v not in NORMALIZERS:
+            raise ValueError(f"unknown normalizer {v!r}; known: {sorted(NORMALIZERS)}")
+        return v
 
     @model_validator(mode="after")
     def _distinct_folds(self) -> DataConfig:

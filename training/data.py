@@ -13,7 +13,7 @@ import datasets
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from features.schema import LabelSchema
-from features.text import normalize_text
+from features.text import DEFAULT_NORMALIZER, normalize_text
 from training.config import DataConfig
 
 IGNORE = -100
@@ -39,11 +39,11 @@ def _ids(schema: LabelSchema, task: str, value: str | None) -> int:
     return labels.index(v) if v in labels else IGNORE
 
 
-def _finish(ds: Dataset, schema: LabelSchema, source: str, fn) -> Dataset:
+def _finish(ds: Dataset, schema: LabelSchema, source: str, fn, normalizer: str) -> Dataset:
     def row(ex):
         out = fn(ex)
         return {
-            "text": normalize_text(ex["text"]),
+            "text": normalize_text(ex["text"], normalizer),
             "topic": _ids(schema, "topic", out.get("topic")),
             "sentiment": _ids(schema, "sentiment", out.get("sentiment")),
             "actionability": _ids(schema, "actionability", out.get("actionability")),
@@ -70,7 +70,10 @@ def airline(cfg: DataConfig, schema: LabelSchema) -> DatasetDict:
 
     d = cfg.data_dir / "airline"
     return DatasetDict(
-        {s: _finish(_csv(d / f"{s}.csv"), schema, "airline", fn) for s in ("train", "val", "test")}
+        {
+            s: _finish(_csv(d / f"{s}.csv"), schema, "airline", fn, cfg.normalizer)
+            for s in ("train", "val", "test")
+        }
     )
 
 
@@ -92,7 +95,7 @@ def complaints(cfg: DataConfig, schema: LabelSchema) -> Dataset:
     raw = _csv(d / "complaints.csv")
     folds = raw["fold"]
     domains = raw["domain"]
-    out = _finish(raw, schema, "complaints", label)
+    out = _finish(raw, schema, "complaints", label, cfg.normalizer)
     return out.add_column("fold", [int(f) for f in folds]).add_column("domain", domains)
 
 
@@ -102,10 +105,10 @@ def tweeteval(cfg: DataConfig, schema: LabelSchema) -> Dataset:
     texts = (d / "val_text.txt").read_text(encoding="utf-8").splitlines()
     labels = [names[int(x)] for x in (d / "val_labels.txt").read_text().split()]
     ds = Dataset.from_dict({"text": texts, "label": labels})
-    return _finish(ds, schema, "tweeteval", lambda ex: {"sentiment": ex["label"]})
+    return _finish(ds, schema, "tweeteval", lambda ex: {"sentiment": ex["label"]}, cfg.normalizer)
 
 
-def extra(spec: str, schema: LabelSchema) -> Dataset:
+def extra(spec: str, schema: LabelSchema, normalizer: str = DEFAULT_NORMALIZER) -> Dataset:
     """A CSV/JSONL path or a public data set name with ``text`` and task-named columns."""
     p = Path(spec)
     if p.suffix in {".csv", ".tsv"}:
@@ -116,7 +119,11 @@ def extra(spec: str, schema: LabelSchema) -> Dataset:
         ds = datasets.load_dataset(spec, split="train")
     cols = set(ds.column_names)
     return _finish(
-        ds, schema, p.stem or spec, lambda ex: {t: ex.get(t) for t in cols & set(schema.names)}
+        ds,
+        schema,
+        p.stem or spec,
+        lambda ex: {t: ex.get(t) for t in cols & set(schema.names)},
+        normalizer,
     )
 
 
@@ -140,7 +147,7 @@ def load_corpus(cfg: DataConfig, schema: LabelSchema) -> DatasetDict:
     parts = [air["train"], comp_train]
     if cfg.use_tweeteval:
         parts.append(tweeteval(cfg, schema))
-    parts += [extra(s, schema) for s in cfg.extra]
+    parts += [extra(s, schema, cfg.normalizer) for s in cfg.extra]
     train = _only(concatenate_datasets(parts), cfg.tasks)
     out = DatasetDict(
         {

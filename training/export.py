@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from features.bundle import BundleMeta, write_meta
 from features.schema import LabelSchema
+from features.text import DEFAULT_NORMALIZER
 from training.evaluate import Logits, Predictor, eval_sets, evaluate
 from training.model import ExportWrapper, MultiTaskModel
 
@@ -512,11 +513,13 @@ def build_bundle(
     precision: str = "int8",
     torch_predict: Predictor | None = None,
     strict: bool = True,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> ExportReport:
     """Export, optimize, quantize and check; write the bundle to ``out`` only if it passes.
 
     A failed check raises ExportCheckFailed when ``strict``; otherwise the bundle is written
-    with the failures recorded (report, bundle.json) and the caller decides.
+    with the failures recorded (report, bundle.json) and the caller decides. ``corpus`` texts
+    are already normalized; ``normalizer`` names how, so serving normalizes posts the same way.
     """
     gate = gate or ExportGate()
     cfg = model.encoder.config
@@ -617,6 +620,7 @@ def build_bundle(
             created_at=datetime.now(UTC),
             base_model=base_model,
             max_length=max_length,
+            normalizer=normalizer,
             precision=precision,  # type: ignore[arg-type]
             pad_token_id=int(tokenizer.pad_token_id),
             outputs=output_names(schema),

@@ -158,6 +158,7 @@ def export_and_register(
         torch_predict=torch_predict,
         precision=precision,
         strict=False,
+        normalizer=cfg.data.normalizer,
     )
     mlflow.log_dict(report.to_dict(), "export/report.json")
     mlflow.log_metrics(
