@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     roster_max_age: float = Field(default=2.0, ge=0.0)
     # ONNX Runtime intra-op threads; 0 lets ORT use the physical cores.
     intra_op_threads: int = Field(default=0, ge=0)
-    # Let ONNX Runtime's worker threads spin between runs (ORT's default). Measured with 8
-    # single-post clients on 2 cores (benchmarks/, one run): p99 97 ms spinning vs 118 ms not,
-    # for 6% more CPU. Turn it off when the process shares its cores with other work.
+    # Let ONNX Runtime's worker threads spin between runs (ORT's default). With 8 single-post
+    # clients on 2 cores, one run gave p99 97 ms spinning vs 118 ms not; on a slower 2-core host,
+    # two sets of three interleaved rounds gave medians 222 vs 205 ms, then 196 vs 236 ms: within
+    # the noise. Turn it off when the process shares its cores with other work.
     intra_op_spinning: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
