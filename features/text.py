@@ -32,7 +32,7 @@ def _placeholders(text: str) -> str:
 
 
 def _tweet_v1(text: str) -> str:
-    """Unescape HTML entities, then placeholders for links and handles."""
+    """HTML entities unescaped, links → ``http``, handles → ``@user``."""
     return _placeholders(html.unescape(text))
 
 
@@ -62,7 +62,7 @@ def spell_emoji(text: str) -> str:
 
 
 def _tweet_v2(text: str) -> str:
-    """``tweet-v1`` with emoji spelled out by name."""
+    """As tweet-v1, and emoji spelled out by name (😡 → ``:pouting face:``)."""
     return _placeholders(spell_emoji(html.unescape(text)))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features.schema import LabelSchema
+from features.text import NORMALIZERS
 from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import confusion_figure, eval_sets, evaluate, reliability_figure
@@ -307,8 +308,8 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
   {len(report.quantization.get("fp32_compute_int8_weights") or [])}.
-- Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}` (handles → @user,
-  links → http{", emoji spelled out by name" if b.meta.normalizer != "tweet-v1" else ""}).
+- Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}`:
+  {(NORMALIZERS[b.meta.normalizer].__doc__ or "").strip()}
 - Calibrated softmax temperatures (validation): {b.meta.temperatures}.
 
 ## Labels
