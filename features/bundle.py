@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from features.schema import LabelSchema
@@ -16,6 +17,68 @@ from features.text import DEFAULT_NORMALIZER, NORMALIZERS
 
 BUNDLE_FORMAT = 1
 META_FILE = "bundle.json"
+
+
+class SelfCheck(BaseModel):
+    """The logits the exported graph gave, on the machine that exported and checked it, for a
+    few fixed posts. The scorer re-runs them at load: int8 kernels differ by CPU (ONNX
+    Runtime's uint8 x int8 products can saturate on CPUs without VNNI) and by runtime version,
+    so a bundle that passed the export gate on one machine may score differently on another."""
+
+    texts: list[str]  # raw posts; the scorer normalizes them as it normalizes requests
+    logits: dict[str, list[list[float]]]
+    host: dict[str, str] = Field(default_factory=dict)  # where the logits were recorded
+    max_abs_diff: float = 1e-3
+
+
+def compare_self_check(check: SelfCheck, logits: dict[str, np.ndarray]) -> dict[str, object]:
+    """Agreement of argmax labels per task (percent) and the largest logit difference between
+    the recorded outputs and ``logits`` (same posts, same order); ``passed`` when every label
+    agrees and no logit moved more than the check's tolerance."""
+    agreement: dict[str, float] = {}
+    diff = 0.0
+    for task, ref in check.logits.items():
+        want = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(logits[task], dtype=np.float64)
+        if got.shape != want.shape:
+            raise ValueError(f"self-check {task}: got shape {got.shape}, recorded {want.shape}")
+        agreement[task] = round(100.0 * float((want.argmax(-1) == got.argmax(-1)).mean()), 2)
+        diff = max(diff, float(np.abs(want - got).max()) if want.size else 0.0)
+    passed = all(v == 100.0 for v in agreement.values()) and diff <= check.max_abs_diff
+    return {
+        "passed": passed,
+        "agreement": agreement,
+        "max_abs_diff": diff,
+        "recorded_on": check.host,
+        "host": host_summary(),
+    }
+
+
+def host_summary() -> dict[str, str]:
+    """The CPU and runtime facts that change int8 results: model name, the best int8 dot-product
+    instructions (AMX, AVX-512 VNNI, AVX-VNNI, else AVX2/none), ONNX Runtime version."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: leave the CPU unknown
+        pass
+    isa = next(
+        (f for f in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2") if f in flags),
+        "unknown" if not flags else "none",
+    )
+    out = {"cpu": model, "int8_isa": isa}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # a training host may lack it; the check records what it has
+        pass
+    return out
 
 
 class BundleMeta(BaseModel):
@@ -43,6 +106,8 @@ class BundleMeta(BaseModel):
     # folding turn int8-stored weights back into fp32 once, at load).
     ort_session_config: dict[str, str] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
+    # Reference outputs the scorer re-runs at load (absent in bundles from before it existed).
+    self_check: SelfCheck | None = None
 
 
 class Bundle(BaseModel):

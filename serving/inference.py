@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from features.bundle import Bundle, BundleError, read_bundle
+from features.bundle import Bundle, BundleError, compare_self_check, read_bundle
 from features.calibration import softmax
 from features.text import normalizer
 
@@ -102,6 +102,8 @@ class Scorer:
         self._dtypes = {i.name: _INT_TYPES[i.type] for i in self.session.get_inputs()}
         self._output_names = [self.meta.outputs[t] for t in self.tasks]
         self._warm = threading.Event()
+        # compare_self_check's result once warm; None for a bundle that records no self-check.
+        self.self_check: dict[str, object] | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path, **kwargs: int | bool) -> Scorer:
@@ -150,8 +152,8 @@ class Scorer:
         feed = {n: arrays[n].astype(self._dtypes[n], copy=False) for n in self.meta.inputs}
         return self.session.run(self._output_names, feed)
 
-    def predict_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """Probabilities per task, shape (n, n_labels), in the order of ``ids``."""
+    def logits_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Raw logits per task, shape (n, n_labels), in the order of ``ids``."""
         n = len(ids)
         out = {t: np.empty((n, len(self.labels[t])), dtype=np.float64) for t in self.tasks}
         if n == 0:
@@ -168,8 +170,15 @@ class Scorer:
                         f"{z.shape}, expected ({len(batch)}, {len(self.labels[task])}) for the "
                         f"labels of task {task!r}"
                     )
-                out[task][batch] = softmax(z, self.temperatures[task])
+                out[task][batch] = z
         return out
+
+    def predict_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Probabilities per task, shape (n, n_labels), in the order of ``ids``."""
+        return {
+            t: softmax(z, self.temperatures[t]) if len(z) else z
+            for t, z in self.logits_encoded(ids).items()
+        }
 
     def predict(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Probabilities per task for raw post texts, shape (n, n_labels), in input order."""
@@ -177,9 +186,27 @@ class Scorer:
 
     def warmup(self) -> None:
         """Run short and full-length batches once so the first request does not pay for ORT's
-        lazy allocations, and so a bundle whose heads do not match its labels fails now."""
+        lazy allocations, and so a bundle whose heads do not match its labels fails now; then
+        re-run the bundle's self-check and warn if this machine scores its posts differently
+        from the one that exported it."""
         t0 = time.perf_counter()
         self.predict(["warm up", "warm up " * self.meta.max_length])
+        check = self.meta.self_check
+        if check is not None:
+            got = self.logits_encoded(self.encode(check.texts))
+            self.self_check = compare_self_check(check, got)
+            if not self.self_check["passed"]:
+                log.warning(
+                    "model %s scores its self-check posts differently here than where it was "
+                    "exported (%s): label agreement %s, max |logit diff| %.2e > %.0e; its test "
+                    "metrics may not hold on this machine (%s): re-export it here",
+                    self.meta.version,
+                    check.host,
+                    self.self_check["agreement"],
+                    self.self_check["max_abs_diff"],
+                    check.max_abs_diff,
+                    self.self_check["host"],
+                )
         self._warm.set()
         log.info(
             "model %s %s warm in %.0f ms",

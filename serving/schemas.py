@@ -168,6 +168,17 @@ class Roster(_Strict):
     agents: list[Agent] = Field(max_length=10_000)
 
 
+class SelfCheckResult(BaseModel):
+    """The bundle's recorded posts re-scored on this machine at load: if ``passed`` is false,
+    this CPU or runtime computes the model differently from where its metrics were measured."""
+
+    passed: bool
+    agreement: dict[str, float]  # percent of the posts' labels unchanged, per task
+    max_abs_diff: float  # largest logit difference
+    recorded_on: dict[str, str]
+    host: dict[str, str]
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -177,6 +188,8 @@ class ModelInfo(BaseModel):
     tasks: dict[str, list[str]]
     abstain_below: dict[str, float]
     metrics: dict[str, dict[str, float]]
+    # None for a bundle that records no self-check.
+    self_check: SelfCheckResult | None = None
 
 
 class ErrorBody(BaseModel):

@@ -159,3 +159,33 @@ def test_read_bundle_of_the_fixture(tiny_bundle, schema):
     assert b.schema_ == schema
     assert set(b.meta.outputs) == set(schema.names)
     assert b.onnx_path.is_file() and b.tokenizer_path.is_file()
+
+
+_REF = {"sentiment": [[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]], "topic": [[0.1, 0.3]]}
+
+
+@pytest.mark.parametrize(
+    ("shift", "passed", "sentiment_agreement"),
+    [
+        ({}, True, 100.0),  # the same logits
+        ({("sentiment", 1, 2): 1e-4}, True, 100.0),  # within tolerance, labels kept
+        ({("sentiment", 0, 0): -0.5}, False, 100.0),  # labels kept but a logit moved too far
+        ({("sentiment", 1, 2): 0.6}, False, 50.0),  # the second post's label flips
+    ],
+)
+def test_compare_self_check(shift, passed, sentiment_agreement):
+    import numpy as np
+
+    from features.bundle import SelfCheck, compare_self_check
+
+    check = SelfCheck(texts=["a", "b"], logits=_REF)
+    got = {t: np.array(v) for t, v in _REF.items()}
+    for (task, row, col), d in shift.items():
+        got[task][row, col] += d
+    res = compare_self_check(check, got)
+    assert res["passed"] is passed
+    assert res["agreement"]["sentiment"] == sentiment_agreement
+    assert res["agreement"]["topic"] == 100.0
+    assert res["max_abs_diff"] == pytest.approx(max([abs(d) for d in shift.values()] or [0.0]))
+    with pytest.raises(ValueError, match="topic"):
+        compare_self_check(check, {**got, "topic": np.zeros((2, 2))})

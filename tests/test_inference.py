@@ -181,12 +181,8 @@ def test_mismatched_input_names_fail_at_load(onnx_bundle, tmp_path):
 
 
 def test_scores_a_bundle_from_the_real_export(tiny_bundle):
-    """The lead's export path (torch -> ONNX) and this scorer agree on the contract.
-
-    Known limit: an int8 bundle uses per-tensor *dynamic* activation quantization, so a post's
-    probabilities shift slightly (~1e-2 on this random model) with the other posts sharing its
-    batch; hence the loose tolerance here and the strict one on the fp32 bundle above.
-    """
+    """The export path (torch -> ONNX int8) and this scorer agree on the contract, and no int8
+    recipe the gate may choose lets a post's scores depend on the posts batched with it."""
     s = Scorer.from_dir(tiny_bundle, max_batch_tokens=64)
     s.warmup()
     probs = s.predict(TEXTS)
@@ -196,5 +192,34 @@ def test_scores_a_bundle_from_the_real_export(tiny_bundle):
     alone = {t: np.stack([s.predict([x])[t][0] for x in TEXTS]) for t in s.tasks}
     same = s.predict([TEXTS[1], TEXTS[1]])
     for t in s.tasks:
-        np.testing.assert_allclose(probs[t], alone[t], atol=0.05)
+        np.testing.assert_allclose(probs[t], alone[t], atol=1e-5)
         np.testing.assert_allclose(same[t][0], alone[t][1], atol=1e-6)
+
+
+def test_self_check_passes_here_and_flags_a_machine_that_differs(tiny_bundle, tmp_path, caplog):
+    """The export records its outputs for a few posts; the scorer reproduces them on the same
+    machine, and reports (and logs) a bundle whose recorded outputs it does not reproduce."""
+    import shutil
+
+    from features.bundle import read_bundle, write_meta
+
+    s = Scorer.from_dir(tiny_bundle)
+    assert s.self_check is None
+    s.warmup()
+    assert s.self_check is not None and s.self_check["passed"], s.self_check
+    assert s.self_check["max_abs_diff"] < 1e-4
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    meta = read_bundle(other).meta
+    check = meta.self_check
+    assert check is not None and len(check.texts) >= 8
+    task = next(iter(check.logits))
+    check.logits[task] = [[-x for x in row] for row in check.logits[task]]  # other argmaxes
+    write_meta(other, meta)
+    s = Scorer.from_dir(other)
+    with caplog.at_level("WARNING", logger="caretriage.serving"):
+        s.warmup()
+    assert s.warm and s.self_check is not None and not s.self_check["passed"]
+    assert s.self_check["agreement"][task] < 100.0
+    assert "self-check" in caplog.text

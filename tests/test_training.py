@@ -333,3 +333,58 @@ def test_without_validation_rows_the_last_weights_are_kept(tiny_cfg, tiny_corpus
     # The validation rows of tasks not trained are not scored (they would only cost time).
     assert not any("val_" in key for row in trained.history for key in row)
     assert trained.temperatures["sentiment"] == 1.0
+
+
+@pytest.mark.parametrize("asymmetric", [True, False])
+def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_path, asymmetric):
+    """Per-token activation scales: int8 kernels replace the projections (the fused attention
+    split into an int8 QKV projection + MultiHeadAttention), outputs stay close to fp32, and a
+    post scores the same alone as padded into a batch with a much louder neighbour, which ONNX
+    Runtime's per-batch dynamic quantization does not."""
+    import numpy as np
+    import onnx
+
+    from training.export import (
+        RECIPES,
+        export_onnx,
+        feeds,
+        optimize,
+        per_token_int8,
+        quantize,
+        session,
+    )
+
+    model, tokenizer = tiny_model
+    cfg = model.encoder.config
+    raw = export_onnx(model, tmp_path / "raw.onnx", tokenizer.pad_token_id)
+    fp32 = optimize(raw, tmp_path / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    assert "Attention" in ops(fp32), "the optimizer fused the attention"
+    q = tmp_path / "pt.onnx"
+    q.write_bytes(fp32.read_bytes())
+    done = per_token_int8(q, ops=("MatMul", "Attention"), min_size=0, asymmetric=asymmetric)
+    got_ops = ops(q)
+    assert len(done) == got_ops.count("MatMulIntegerToFloat") > 0
+    assert got_ops.count("ReduceMin") == (len(done) if asymmetric else 0)
+    assert "Attention" not in got_ops and "MultiHeadAttention" in got_ops
+    assert "per token" in RECIPES["int8_per_token_qkv"].describe()
+
+    texts = ["my bag is lost", "thanks!!", "flight delayed again " * 6, "where is my refund"]
+    ref, pt = session(fp32), session(q)
+    alone = [feeds(tokenizer, [t], 64)[0][0] for t in texts]
+    for feed in alone:
+        for a, b in zip(ref.run(None, feed), pt.run(None, feed), strict=True):
+            assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
+
+    def batch_drift(sess) -> float:
+        (batch,), order = feeds(tokenizer, texts, 64, batch_size=len(texts))
+        together = sess.run(None, batch)
+        drift = 0.0
+        for row, i in enumerate(order):
+            for a, b in zip(sess.run(None, alone[i]), together, strict=True):
+                drift = max(drift, float(np.abs(a[0] - b[row]).max()))
+        return drift
+
+    assert batch_drift(pt) < 1e-5
+    dyn = quantize(fp32, tmp_path / "dyn.onnx")
+    assert batch_drift(session(dyn)) > 1e-4, "per-batch scales do move a post's scores"

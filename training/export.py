@@ -25,15 +25,32 @@ import onnxruntime as ort
 import torch
 from tqdm.auto import tqdm
 
-from features.bundle import BundleMeta, write_meta
+from features.bundle import BundleMeta, SelfCheck, host_summary, write_meta
 from features.schema import LabelSchema
-from features.text import DEFAULT_NORMALIZER
+from features.text import DEFAULT_NORMALIZER, normalize_text
 from training.evaluate import Logits, Predictor, eval_sets, evaluate
 from training.model import ExportWrapper, MultiTaskModel
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+
+
+# Posts whose outputs the bundle records for the scorer's check at load (features.SelfCheck):
+# written for the purpose, of assorted lengths, so every padding width and head is exercised.
+SELF_CHECK_TEXTS = (
+    "thanks!",
+    "@airline my bag never arrived in Boston. 3 days now and no answer from anyone",
+    "@airline flight 1234 delayed again... missed my connection, rebooked for tomorrow?",
+    "loving the new seats on this plane 😍 great crew today",
+    "@airline how do I change the name on my booking? the website keeps erroring out",
+    "cancelled flight, 4 hours on hold and then the line just dropped. never again @airline",
+    "just landed",
+    "@airline the gate agent in Denver was so helpful getting us on an earlier flight, thank "
+    "you!! http://t.co/abc123",
+    "@airline charged twice for one bag fee, please refund",
+    "what a day " * 20,
+)
 
 
 class ExportCheckFailed(RuntimeError):
@@ -44,12 +61,25 @@ class ExportCheckFailed(RuntimeError):
 class ExportGate:
     fp32_max_abs_diff: float = 1e-4
     # Quantization recipes to try, in order (see RECIPES), each judged on validation texts.
-    # Block scales first: on a topic-weight-2 model one scale per 128 weights (+0.4 MB) agreed with
+    # Fastest first. int8 compute with per-token activations ran the shipped model 1.3-1.5x
+    # faster than fp32 compute on an AVX-512 VNNI host (benchmarks/) and agreed with fp32 on
+    # 99.25-99.71% of test labels; adding the attention's QKV projection bought ~7% more speed
+    # but topic agreement fell to 98.1-98.7%, so the gate usually passes over it.
+    # Then weight-only: on a topic-weight-2 model one scale per 128 weights (+0.4 MB) agreed with
     # fp32 on 99.87% of validation topics vs 99.74% per channel (test 99.38 vs 99.13), and
     # blocks of 64 or 32 bought nothing more (32 breaks the 25 MB budget). GPTQ halved each
     # layer's logit error on an earlier model but moved test agreement by a post or two either
     # way: the posts that flip are near-ties, whatever the rounding.
-    recipes: tuple[str, ...] = ("int8_weights_b128", "int8_weights", "int8_weights_gptq")
+    recipes: tuple[str, ...] = (
+        "int8_per_token_qkv",
+        "int8_per_token",
+        "int8_weights_b128",
+        "int8_weights",
+        "int8_weights_gptq",
+    )
+    # A recipe is chosen only with this margin over int8_min_agreement on validation, so that
+    # the test check, on other posts, does not fail on a recipe that just scraped through.
+    choose_margin: float = 0.3
     # Percent of labels allowed to change between a post scored alone and in a batch.
     max_batch_flip_rate: float = 0.5
     int8_min_agreement: float = 99.0
@@ -256,6 +286,128 @@ def _blockwise(g, base: str, w: np.ndarray, axis: int, block: int) -> list:
     ]
 
 
+def per_token_int8(
+    path: Path,
+    exclude: Sequence[str] = (),
+    ops: Sequence[str] = ("MatMul",),
+    min_size: int = 100_000,
+    asymmetric: bool = True,
+    hessians: dict[str, np.ndarray] | None = None,
+) -> list[str]:
+    """Rewrite the nodes of ``ops`` with a constant 2-D weight (except ``exclude``) to compute
+    in int8, in place. Weights: symmetric per-channel int8 (GPTQ-rounded where ``hessians``
+    has the node). Activations: quantized at run time per *token*, one scale per row, then
+    ``MatMulIntegerToFloat`` (ONNX Runtime's VNNI/AMX kernels) and rescaled to fp32.
+
+    A row's scale depends on that row alone, so a post scores the same whatever it is batched
+    with, unlike ONNX Runtime's dynamic quantization (one scale per batch: 2.5-3.4% of labels
+    changed with the batch on this encoder), and each scale follows its token's own range (with
+    static per-tensor scales, set by a few outlier tokens, 95-98.6% of labels agreed with fp32).
+    ``asymmetric`` maps each row's [min, max] onto 0..255 (x = min + s * q, so x @ W =
+    s * (q @ W) + min * colsum(W)): GELU outputs, which are one-sided, keep all 8 bits; it cost
+    12% of the speed of the symmetric form and bought +0.3 to +0.5 points of topic agreement.
+    A fused Attention in ``ops`` is split into its QKV projection (int8) and a
+    MultiHeadAttention (fp32, same mask and scaling). Returns the nodes rewritten."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    const = {
+        "_pt_axes": np.array([-1], np.int64),
+        "_pt_eps": np.array(1e-8, np.float32),
+        "_pt_one": np.array(1.0, np.float32),
+        "_pt_levels": np.array(1.0 / (255.0 if asymmetric else 127.0), np.float32),
+        "_pt_zero": np.array(0 if asymmetric else 128, np.uint8),
+    }
+    done: list[str] = []
+    new_nodes = []
+    for node in g.node:
+        w_name = node.input[1] if node.op_type in ops else None
+        if w_name not in inits or node.name in exclude:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        if w.ndim != 2 or w.size < min_size:
+            new_nodes.append(node)
+            continue
+        scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # one per output column
+        h = (hessians or {}).get(node.name)
+        q = (
+            gptq_int8(w, scale, h)
+            if h is not None
+            else np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        )
+        g.initializer.remove(inits[w_name])
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(q, w_name + "_w8"),
+                numpy_helper.from_array(scale.astype(np.float32), w_name + "_w8_scale"),
+            ]
+        )
+        x, p = node.input[0], node.name + "/per_token/"
+        y = node.output[0] if node.op_type == "MatMul" else p + "qkv"
+
+        def op(kind, inputs, output, p=p, **attrs):
+            new_nodes.append(helper.make_node(kind, inputs, [p + output], p + output, **attrs))
+            return p + output
+
+        if asymmetric:
+            lo = op("ReduceMin", [x, "_pt_axes"], "min", keepdims=1)
+            hi = op("ReduceMax", [x, "_pt_axes"], "max", keepdims=1)
+            span = op("Sub", [hi, lo], "span")
+            x = op("Sub", [x, lo], "shifted")
+        else:
+            span = op("ReduceMax", [op("Abs", [x], "abs"), "_pt_axes"], "amax", keepdims=1)
+        s_x = op("Max", [op("Mul", [span, "_pt_levels"], "s0"), "_pt_eps"], "scale")
+        # Blocked QuantizeLinear, one block per row; its zero point takes the scale's shape.
+        zero = op("Expand", ["_pt_zero", op("Shape", [s_x], "shape")], "zero")
+        xq = op("QuantizeLinear", [x, s_x, zero], "xq", axis=-1, block_size=w.shape[0])
+        mm = [xq, w_name + "_w8", "_pt_one", w_name + "_w8_scale", "_pt_zero"]
+        acc = op("MatMulIntegerToFloat", mm, "acc", domain="com.microsoft")
+        if asymmetric:
+            colsum = (q.astype(np.float64) * scale).sum(axis=0).astype(np.float32)
+            g.initializer.append(numpy_helper.from_array(colsum, w_name + "_w8_colsum"))
+            offset = op("Mul", [lo, w_name + "_w8_colsum"], "offset")
+            new_nodes.append(
+                helper.make_node("Add", [op("Mul", [acc, s_x], "scaled"), offset], [y], p + "out")
+            )
+        else:
+            new_nodes.append(helper.make_node("Mul", [acc, s_x], [y], p + "out"))
+        if node.op_type == "Attention":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("unidirectional") or attrs.get("qkv_hidden_sizes") or len(node.input) > 4:
+                raise ValueError(f"{node.name}: only plain bidirectional attention is split")
+            qkv = [p + n for n in ("q", "k", "v")]
+            new_nodes.append(
+                helper.make_node("Split", [y], qkv, p + "split", axis=-1, num_outputs=3)
+            )
+            bias = node.input[2] if len(node.input) > 2 else ""
+            mask = node.input[3] if len(node.input) > 3 else ""
+            new_nodes.append(
+                helper.make_node(
+                    "MultiHeadAttention",
+                    [*qkv, bias, mask],
+                    [node.output[0]],
+                    p + "mha",
+                    domain="com.microsoft",
+                    num_heads=attrs["num_heads"],
+                )
+            )
+        done.append(node.name)
+    if done:
+        g.initializer.extend(numpy_helper.from_array(v, k) for k, v in const.items())
+    del g.node[:]
+    g.node.extend(new_nodes)
+    for o in model.opset_import:  # blocked QuantizeLinear (one block per row) is opset 21
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(o.version, 21)
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
+    return done
+
+
 def gptq_int8(w: np.ndarray, scale: np.ndarray, hessian: np.ndarray, damp: float = 0.01):
     """Round ``w`` ([in, out], one scale per output column) to int8 the GPTQ way (Frantar et
     al., 2022): input rows are rounded one at a time, most active first, and each row's
@@ -396,9 +548,30 @@ class Recipe:
     calibrated: bool = False
     # One weight scale per this many weights of a channel (None: one per channel).
     block: int | None = None
+    # Op types computing in int8 with per-token activation scales (see per_token_int8); the
+    # other weights stay weight-only int8 as ``block`` says.
+    per_token: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """How the recipe computes, for the bundle's report and model card."""
+        if self.dynamic:
+            return "dynamic (int8 per-channel weights, uint8 per-batch activations, full range)"
+        weights = f"{self.block} weights of a channel" if self.block else "channel"
+        rounding = (
+            "GPTQ-rounded on validation activations" if self.calibrated else "rounded to nearest"
+        )
+        if self.per_token:
+            return (
+                f"int8 compute in {' and '.join(self.per_token)} projections (per-channel int8 "
+                f"weights, activations quantized per token); other int8 weights (one scale per "
+                f"{weights}) computed in fp32"
+            )
+        return f"weight-only (int8 weights, one scale per {weights}, {rounding}; fp32 compute)"
 
 
 RECIPES: dict[str, Recipe] = {
+    "int8_per_token_qkv": Recipe(dynamic=False, block=128, per_token=("MatMul", "Attention")),
+    "int8_per_token": Recipe(dynamic=False, block=128, per_token=("MatMul",)),
     "int8_weights_b128": Recipe(dynamic=False, block=128),
     "int8_weights_gptq": Recipe(dynamic=False, calibrated=True),
     "int8_weights": Recipe(dynamic=False),
@@ -420,6 +593,10 @@ def apply_recipe(
     r = RECIPES[name]
     if r.calibrated and not calibration:
         raise ValueError(f"recipe {name!r} needs calibration inputs")
+    if r.per_token:
+        shutil.copy(fp32, dst)
+        per_token_int8(dst, exclude=recipe_nodes(fp32, r.fp32_patterns), ops=r.per_token)
+        return dst, weight_only_int8(dst, block=r.block)
     if not r.dynamic:
         hessians = input_hessians(fp32, calibration) if r.calibrated else None
         shutil.copy(fp32, dst)
@@ -555,7 +732,7 @@ def build_bundle(
                 schema,
                 max_length,
                 val_texts,
-                gate.int8_min_agreement,
+                gate.int8_min_agreement + gate.choose_margin,
                 gate.recipes,
                 work,
             )
@@ -570,23 +747,7 @@ def build_bundle(
                 )
             quant = {
                 "batch_flip_rate": flip,
-                "method": "ONNX Runtime int8: "
-                + (
-                    "dynamic (int8 per-channel weights, uint8 per-batch activations, full range)"
-                    if RECIPES[recipe].dynamic
-                    else "weight-only (int8 weights, one scale per "
-                    + (
-                        f"{RECIPES[recipe].block} weights of a channel"
-                        if RECIPES[recipe].block
-                        else "channel"
-                    )
-                    + (
-                        ", GPTQ-rounded on validation activations"
-                        if RECIPES[recipe].calibrated
-                        else ", rounded to nearest"
-                    )
-                    + "; fp32 compute)"
-                ),
+                "method": "ONNX Runtime int8: " + RECIPES[recipe].describe(),
                 "recipe": recipe,
                 "fp32_compute_int8_weights": fp32_nodes,
                 "validation_agreement": val_agree,
@@ -629,6 +790,7 @@ def build_bundle(
             quantization=quant | {"fp32_metrics": fp32_metrics, "int8_agreement": agree},
             ort_session_config=FOLD_INT8_WEIGHTS,
             training=training or {},
+            self_check=self_check(final, tokenizer, schema, max_length, normalizer),
         )
         write_meta(stage, meta)
         mb = dir_mb(stage)
@@ -652,6 +814,19 @@ def build_bundle(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def self_check(
+    graph: Path, tokenizer, schema: LabelSchema, max_length: int, normalizer: str
+) -> SelfCheck:
+    """The logits ``graph`` gives here for SELF_CHECK_TEXTS, for the scorer to compare at load."""
+    predict = ort_predictor(session(graph), tokenizer, schema, max_length)
+    logits = predict([normalize_text(t, normalizer) for t in SELF_CHECK_TEXTS])
+    return SelfCheck(
+        texts=list(SELF_CHECK_TEXTS),
+        logits={t: np.round(v.astype(np.float64), 6).tolist() for t, v in logits.items()},
+        host=host_summary(),
+    )
 
 
 def _torch_predictor(model, tokenizer, max_length):

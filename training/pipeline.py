@@ -270,6 +270,17 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
             "Activations are quantized per batch: a post's scores move with the other posts of"
             f" its batch ({flips}% of labels flipped between alone and batched)."
         )
+    elif "per token" in str(report.quantization.get("method", "")):
+        host = (b.meta.self_check.host if b.meta.self_check else {}) or {}
+        batching = (
+            "The projections compute in int8 with one activation scale per token: a post scores"
+            f" the same alone or in any batch ({flips}% of labels flipped between alone and"
+            f" batched). Checked on {host.get('cpu', 'an unrecorded CPU')} (int8 instructions:"
+            f" {host.get('int8_isa', 'unrecorded')}). On CPUs without VNNI, ONNX Runtime's"
+            " uint8 x int8 products can saturate and shift scores: the scorer re-runs the"
+            " bundle's recorded self-check posts at load, reports the result in `GET /v1/model`"
+            " and logs a warning if they differ; re-export on such a machine if they do."
+        )
     else:
         batching = (
             "Weights are int8, compute is fp32: a post scores the same alone or in any batch"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.deps import Authorized, BundleDep, SettingsDep
+from serving.deps import Authorized, BatcherDep, BundleDep, SettingsDep
 from serving.errors import responses
 from serving.schemas import ModelInfo
 
@@ -12,8 +12,9 @@ router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Authorized])
 
 
 @router.get("/model", response_model=ModelInfo, responses=responses(401, 503))
-def model_info(bundle: BundleDep, settings: SettingsDep) -> ModelInfo:
-    """The serving model: version, labels per task, abstention thresholds and test metrics."""
+def model_info(bundle: BundleDep, batcher: BatcherDep, settings: SettingsDep) -> ModelInfo:
+    """The serving model: version, labels per task, abstention thresholds, test metrics and
+    whether this machine reproduces the outputs recorded at export (``self_check``)."""
     meta = bundle.meta
     tasks = {t.name: list(t.labels) for t in bundle.schema_.tasks}
     return ModelInfo(
@@ -25,4 +26,5 @@ def model_info(bundle: BundleDep, settings: SettingsDep) -> ModelInfo:
         tasks=tasks,
         abstain_below={t: settings.abstain_below.get(t, 0.0) for t in tasks},
         metrics=meta.metrics,
+        self_check=batcher.scorer.self_check,
     )
