@@ -107,3 +107,15 @@ def test_extra_training_sources_join_the_training_table(schema, tmp_path):
     row = more["train"].filter(lambda ex: ex["source"] == "extra")[0]
     assert row["sentiment"] == schema.task("sentiment").labels.index("negative")
     assert row["topic"] == row["actionability"] == -100
+
+
+def test_rows_are_weighted_by_annotator_confidence_only_when_asked(corpus, schema):
+    import csv
+
+    from training.data import airline
+
+    assert set(corpus["train"]["weight"]) == {1.0}
+    weighted = airline(DataConfig(weight_by_confidence=True), schema)["train"]["weight"]
+    with (default_data_dir() / "airline" / "train.csv").open(encoding="utf-8") as f:
+        expected = [float(r["airline_sentiment_confidence"]) for r in csv.DictReader(f)]
+    assert weighted == pytest.approx(expected, abs=1e-6) and min(weighted) < 0.5

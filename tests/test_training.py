@@ -388,3 +388,27 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
     assert batch_drift(pt) < 1e-5
     dyn = quantize(fp32, tmp_path / "dyn.onnx")
     assert batch_drift(session(dyn)) > 1e-4, "per-batch scales do move a post's scores"
+
+
+@pytest.mark.parametrize("class_weight", ["none", "inv"])
+def test_row_weighted_loss(class_weight):
+    """Unit row weights give torch's own (class-weighted) mean; a zero-weight row counts for
+    nothing; ignored rows count for nothing whatever their weight."""
+    import torch
+
+    from training.config import TrainConfig
+    from training.data import IGNORE
+    from training.train import class_weights, loss_for
+
+    torch.manual_seed(0)
+    y = torch.tensor([0, 1, 2, 1, IGNORE, 0])
+    logits = torch.randn(len(y), 3)
+    cfg = TrainConfig(class_weight={"sentiment": class_weight})
+    loss = loss_for("sentiment", y, 3, cfg)
+    w = class_weights(y, 3, class_weight)
+    plain = torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE)(logits, y)
+    assert torch.allclose(loss(logits, y, torch.ones(len(y))), plain)
+    rows = torch.tensor([1.0, 1.0, 1.0, 0.0, 5.0, 1.0])
+    keep = torch.tensor([0, 1, 2, 5])
+    without = torch.nn.CrossEntropyLoss(weight=w)(logits[keep], y[keep])
+    assert torch.allclose(loss(logits, y, rows), without)

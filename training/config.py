@@ -50,6 +50,10 @@ class DataConfig(BaseModel):
     # Text normalizer applied to every row (features.text.NORMALIZERS); the bundle records it
     # and serving applies the same one. "tweet-v2" also spells emoji out by name.
     normalizer: str = DEFAULT_NORMALIZER
+    # Weigh each airline row's loss by its annotators' agreement on the sentiment
+    # (``airline_sentiment_confidence``, 0.33-1): 27% of training rows are below 0.7, and the
+    # model's test error on such rows is 34% against 8.5% on unanimous ones.
+    weight_by_confidence: bool = False
 
     @field_validator("normalizer")
     @classmethod

@@ -17,11 +17,16 @@ from features.text import DEFAULT_NORMALIZER, normalize_text
 from training.config import DataConfig
 
 IGNORE = -100
-COLUMNS = ("text", "topic", "sentiment", "actionability", "source")
+COLUMNS = ("text", "topic", "sentiment", "actionability", "source", "weight")
 # One column type per column for every source: text read from CSV is large_string, text built
 # in memory is string, and ``concatenate_datasets`` refuses to mix them.
 FEATURES = datasets.Features(
-    {c: datasets.Value("string" if c in ("text", "source") else "int64") for c in COLUMNS}
+    {
+        c: datasets.Value(
+            "string" if c in ("text", "source") else "float32" if c == "weight" else "int64"
+        )
+        for c in COLUMNS
+    }
 )
 _ALIASES = {"longlines": "long_lines"}
 
@@ -48,6 +53,8 @@ def _finish(ds: Dataset, schema: LabelSchema, source: str, fn, normalizer: str) 
             "sentiment": _ids(schema, "sentiment", out.get("sentiment")),
             "actionability": _ids(schema, "actionability", out.get("actionability")),
             "source": source,
+            # How much the row's labels count in the loss (1.0 unless the source knows better).
+            "weight": float(out.get("weight", 1.0)),
         }
 
     # No map cache: a changed normalizer must never be served stale rows.
@@ -66,7 +73,10 @@ def airline(cfg: DataConfig, schema: LabelSchema) -> DatasetDict:
     """Twitter US Airline Sentiment: sentiment for all rows, topic from ``negativereason``."""
 
     def fn(ex):
-        return {"sentiment": ex["airline_sentiment"], "topic": ex["negativereason"] or None}
+        out = {"sentiment": ex["airline_sentiment"], "topic": ex["negativereason"] or None}
+        if cfg.weight_by_confidence:
+            out["weight"] = float(ex["airline_sentiment_confidence"] or 1.0)
+        return out
 
     d = cfg.data_dir / "airline"
     return DatasetDict(

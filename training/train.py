@@ -108,8 +108,17 @@ def class_weights(y: torch.Tensor, n_labels: int, mode: str) -> torch.Tensor | N
 
 
 def loss_for(task: str, y: torch.Tensor, n_labels: int, cfg: TrainConfig):
+    """Cross-entropy with the task's class weights, each row also weighted by its own weight:
+    ``loss(logits, y, row_weights)``, the weighted mean over the rows labelled for the task."""
     w = class_weights(y, n_labels, cfg.class_weight.get(task, "none"))
-    return torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE)
+    ce = torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE, reduction="none")
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        keep = target != IGNORE
+        denom = rows * (w[target.clamp(min=0)] if w is not None else 1.0)
+        return (ce(logits, target) * rows).sum() / denom[keep].sum().clamp(min=1e-12)
+
+    return loss
 
 
 class WeightAverage:
@@ -161,6 +170,11 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
     train_ds = corpus["train"]
     enc = tokenizer(list(train_ds["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
     labels = {t: torch.tensor(train_ds[t]) for t in schema.names}
+    row_weights = (
+        torch.tensor(train_ds["weight"], dtype=torch.float32)
+        if "weight" in train_ds.column_names
+        else torch.ones(len(train_ds))
+    )
     lengths = [len(x) for x in enc]
 
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
@@ -212,7 +226,7 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
             for t in schema.names:
                 y = labels[t][b]
                 if (y != IGNORE).any():
-                    lt = loss_fns[t](out[t], y)
+                    lt = loss_fns[t](out[t], y, row_weights[b])
                     loss = loss + cfg.task_weights.get(t, 1.0) * lt
                     running[t] += lt.item()
                     counts[t] += 1
