@@ -17,7 +17,13 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from features.bundle import Bundle, BundleError, compare_self_check, read_bundle
+from features.bundle import (
+    Bundle,
+    BundleError,
+    compare_self_check,
+    int8_session_config,
+    read_bundle,
+)
 from features.calibration import softmax
 from features.text import normalizer
 
@@ -93,7 +99,8 @@ class Scorer:
         opts.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
         )
-        for key, value in self.meta.ort_session_config.items():
+        # The bundle's own entries, plus what keeps int8 kernels exact on this CPU.
+        for key, value in (self.meta.ort_session_config | int8_session_config()).items():
             opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(bundle.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]

@@ -189,3 +189,21 @@ def test_compare_self_check(shift, passed, sentiment_agreement):
     assert res["max_abs_diff"] == pytest.approx(max([abs(d) for d in shift.values()] or [0.0]))
     with pytest.raises(ValueError, match="topic"):
         compare_self_check(check, {**got, "topic": np.zeros((2, 2))})
+
+
+@pytest.mark.parametrize(
+    ("isa", "exact_switch"),
+    [
+        ("amx_int8", False),
+        ("avx512_vnni", False),
+        ("avx_vnni", False),
+        ("avx2", True),
+        ("none", True),
+        ("unknown", True),
+    ],
+)
+def test_int8_kernels_are_made_exact_only_where_they_can_saturate(isa, exact_switch):
+    from features.bundle import int8_session_config
+
+    got = int8_session_config(isa)
+    assert (got.get("session.x64quantprecision") == "1") is exact_switch

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 from tqdm.auto import tqdm
 
-from features.bundle import BundleMeta, SelfCheck, host_summary, write_meta
+from features.bundle import BundleMeta, SelfCheck, host_summary, int8_session_config, write_meta
 from features.schema import LabelSchema
 from features.text import DEFAULT_NORMALIZER, normalize_text
 from training.evaluate import Logits, Predictor, eval_sets, evaluate
@@ -474,20 +474,17 @@ def input_hessians(
 
 
 # The ONNX Runtime session config a bundle is checked with and records for serving:
-# - DequantizeLinear on a constant weight is folded into fp32 at load only with QDQ handling
-#   off (ORT keeps DQ nodes for QDQ fusions otherwise, and would dequantize on every run);
-# - on x86 CPUs without VNNI, uint8 x int8 products are summed in pairs into saturating int16
-#   (AVX2 vpmaddubsw): on the per-token graph 0.04% of pairs would overflow, moving the
-#   projections' outputs by 0.02-3%. ``x64quantprecision`` makes ORT turn such weights into
-#   uint8 on those CPUs only (an exact u8 x u8 kernel); on VNNI CPUs it changes nothing.
-SESSION_CONFIG = {"session.disable_quant_qdq": "1", "session.x64quantprecision": "1"}
+# DequantizeLinear on a constant weight is folded into fp32 at load only with QDQ handling off
+# (ORT keeps DQ nodes for QDQ fusions otherwise, and would dequantize on every run). The
+# exporting and the serving machine each add ``int8_session_config()`` for their own CPU.
+SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 def session(
     path: Path, threads: int = 0, config: dict[str, str] | None = None
 ) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    for key, value in (config or SESSION_CONFIG).items():
+    for key, value in ((config or SESSION_CONFIG) | int8_session_config()).items():
         so.add_session_config_entry(key, value)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

@@ -277,10 +277,10 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
             f" the same alone or in any batch ({flips}% of labels flipped between alone and"
             f" batched). Checked on {host.get('cpu', 'an unrecorded CPU')} (int8 instructions:"
             f" {host.get('int8_isa', 'unrecorded')}). On CPUs without VNNI, ONNX Runtime's"
-            " uint8 x int8 kernels can saturate; the bundle's session config"
-            " (`session.x64quantprecision`) switches those CPUs to an exact, slower uint8"
-            " kernel. Either way the scorer re-runs the bundle's recorded self-check posts at"
-            " load, reports the result in `GET /v1/model` and logs a warning if they differ."
+            " uint8 x int8 kernels can saturate; there the scorer asks ONNX Runtime for an exact,"
+            " slower uint8 kernel (`session.x64quantprecision`). Either way it re-runs the"
+            " bundle's recorded self-check posts at load, reports the result in"
+            " `GET /v1/model` and logs a warning if they differ."
         )
     else:
         batching = (
