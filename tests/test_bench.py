@@ -125,3 +125,22 @@ def test_bench_quick_smoke(tiny_bundle: Path, onnx_bundle: Path, tmp_path: Path)
     assert [t["name"] for t in r["targets"]] == [
         "http_b32_vs_pipeline_b32", "http_single_p99_ms", "serving_peak_rss_mb", "start_to_ready_s",
     ]  # fmt: skip
+
+
+def test_quant_recipes_smoke(onnx_bundle: Path, tmp_path: Path) -> None:
+    """Every asked-for recipe is built from the fp32 graph and measured against it; fp32 agrees
+    with itself and is the 1.00x reference."""
+    pytest.importorskip("transformers")
+    from benchmarks import quant_recipes
+
+    out = tmp_path / "q.json"
+    rc = quant_recipes.main(
+        ["--fp32-bundle", str(onnx_bundle), "--recipes", "int8_per_token", "int8_weights",
+         "--posts", "24", "--posts-b1", "4", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"fp32", "int8_per_token", "int8_weights"}
+    assert set(res["fp32"]["agreement"].values()) == {100.0}
+    for r in res.values():
+        assert r["b32_posts_per_s"] > 0 and r["batch_flip_rate"] == 0.0
