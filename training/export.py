@@ -63,7 +63,7 @@ class ExportGate:
     # Quantization recipes to try, in order (see RECIPES), each judged on validation texts.
     # Fastest first. int8 compute with per-token activations ran the shipped model 1.3-1.5x
     # faster than fp32 compute on an AVX-512 VNNI host (benchmarks/) and agreed with fp32 on
-    # 99.25-99.71% of test labels; adding the attention's QKV projection bought ~7% more speed
+    # 99.25-99.71% of test labels; adding the attention's QKV projection bought 7-14% more speed
     # but topic agreement fell to 98.1-98.7%, so the gate usually passes over it.
     # Then weight-only: on a topic-weight-2 model one scale per 128 weights (+0.4 MB) agreed with
     # fp32 on 99.87% of validation topics vs 99.74% per channel (test 99.38 vs 99.13), and
