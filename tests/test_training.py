@@ -335,12 +335,13 @@ def test_without_validation_rows_the_last_weights_are_kept(tiny_cfg, tiny_corpus
     assert trained.temperatures["sentiment"] == 1.0
 
 
-@pytest.mark.parametrize("asymmetric", [True, False])
-def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_path, asymmetric):
+@pytest.mark.parametrize("form", ["asymmetric", "symmetric", "zero_point", "smooth"])
+def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_path, form):
     """Per-token activation scales: int8 kernels replace the projections (the fused attention
     split into an int8 QKV projection + MultiHeadAttention), outputs stay close to fp32, and a
     post scores the same alone as padded into a batch with a much louder neighbour, which ONNX
-    Runtime's per-batch dynamic quantization does not."""
+    Runtime's per-batch dynamic quantization does not. With calibrated zero points the product
+    is followed by one Mul and nothing else."""
     import numpy as np
     import onnx
 
@@ -348,10 +349,14 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
         RECIPES,
         export_onnx,
         feeds,
+        input_hessians,
+        layer_norm_fed,
         optimize,
         per_token_int8,
         quantize,
+        row_zero_points,
         session,
+        smoothing_factors,
     )
 
     model, tokenizer = tiny_model
@@ -362,14 +367,43 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
     assert "Attention" in ops(fp32), "the optimizer fused the attention"
     q = tmp_path / "pt.onnx"
     q.write_bytes(fp32.read_bytes())
-    done = per_token_int8(q, ops=("MatMul", "Attention"), min_size=0, asymmetric=asymmetric)
+    texts = ["my bag is lost", "thanks!!", "flight delayed again " * 6, "where is my refund"]
+    calibration = feeds(tokenizer, texts, 64)[0]
+    ln_fed = layer_norm_fed(fp32, ("MatMul", "Attention"))
+    smooth = smoothing_factors(fp32, calibration, ln_fed, min_size=0) if form == "smooth" else None
+    zero_points = (
+        row_zero_points(fp32, calibration, min_size=0, smooth=smooth)
+        if form in ("zero_point", "smooth")
+        else None
+    )
+    done = per_token_int8(
+        q,
+        ops=("MatMul", "Attention"),
+        min_size=0,
+        asymmetric=form == "asymmetric",
+        zero_points=zero_points,
+        smooth=smooth,
+        hessians=input_hessians(fp32, calibration, min_size=0) if form == "smooth" else None,
+    )
     got_ops = ops(q)
     assert len(done) == got_ops.count("MatMulIntegerToFloat") > 0
-    assert got_ops.count("ReduceMin") == (len(done) if asymmetric else 0)
+    assert got_ops.count("ReduceMin") == (0 if form == "symmetric" else len(done))
+    rewritten = [n for n in onnx.load(str(q)).graph.node if "/per_token/" in n.name]
+    output_adds = [n for n in rewritten if n.op_type == "Add"]
+    assert len(output_adds) == (len(done) if form == "asymmetric" else 0)
+    if zero_points is not None:
+        assert set(zero_points) == set(done) and all(1 <= z <= 254 for z in zero_points.values())
+    smoothed = [n for n in rewritten if n.name.endswith("/per_token/smoothed")]
+    if smooth is not None:
+        # Every attention and every FFN input reads a LayerNorm output; the rest do not.
+        assert set(smooth) == set(ln_fed) and len(ln_fed) == 2 * cfg.num_hidden_layers
+        assert len(smoothed) == len(ln_fed)
+    else:
+        assert not smoothed
     assert "Attention" not in got_ops and "MultiHeadAttention" in got_ops
     assert "per token" in RECIPES["int8_per_token_qkv"].describe()
+    assert "SmoothQuant" in RECIPES["int8_per_token_smooth"].describe()
 
-    texts = ["my bag is lost", "thanks!!", "flight delayed again " * 6, "where is my refund"]
     ref, pt = session(fp32), session(q)
     alone = [feeds(tokenizer, [t], 64)[0][0] for t in texts]
     for feed in alone:
@@ -388,6 +422,25 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
     assert batch_drift(pt) < 1e-5
     dyn = quantize(fp32, tmp_path / "dyn.onnx")
     assert batch_drift(session(dyn)) > 1e-4, "per-batch scales do move a post's scores"
+
+
+@pytest.mark.parametrize(
+    ("low_shares", "expected"),
+    [
+        ([0.5] * 10, (127, 128)),  # symmetric rows: the middle
+        ([0.0] * 10, (1, 1)),  # rows never below zero: as low as it goes
+        ([1.0] * 10, (254, 254)),  # rows never above zero: as high as it goes
+        ([0.04] * 10, (10, 11)),  # GELU-like: 4% of the span below zero
+        ([0.04] * 9 + [0.5], (12, 64)),  # one symmetric row in ten pulls it up, not to the middle
+    ],
+)
+def test_best_zero_point(low_shares, expected):
+    import numpy as np
+
+    from training.export import best_zero_point
+
+    z = best_zero_point(np.array(low_shares))
+    assert expected[0] <= z <= expected[1]
 
 
 @pytest.mark.parametrize("class_weight", ["none", "inv"])
