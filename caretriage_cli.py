@@ -34,6 +34,11 @@ def _train_config(args):
         cfg.data.data_dir = Path(args.data_dir)
     if getattr(args, "no_register", False):
         cfg.register_model = False
+    if getattr(args, "teacher", None):
+        from training.config import DistillConfig
+
+        kept = cfg.distill.model_dump(exclude={"teachers"}) if cfg.distill else {}
+        cfg.distill = DistillConfig(teachers=[Path(p) for p in args.teacher], **kept)
     return cfg
 
 
@@ -146,6 +151,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--bundle-dir", help="where to write the bundle (default: under artifacts/)")
     t.add_argument("--no-export", action="store_true")
     t.add_argument("--no-register", action="store_true")
+    t.add_argument(
+        "--teacher",
+        action="append",
+        metavar="BUNDLE",
+        help="distil from this model bundle's predictions (repeat to average several teachers)",
+    )
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a training checkpoint to a checked ONNX bundle")

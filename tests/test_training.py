@@ -465,3 +465,150 @@ def test_row_weighted_loss(class_weight):
     keep = torch.tensor([0, 1, 2, 5])
     without = torch.nn.CrossEntropyLoss(weight=w)(logits[keep], y[keep])
     assert torch.allclose(loss(logits, y, rows), without)
+
+
+def test_distill_loss_is_hinton_kl_over_labelled_rows():
+    """Zero when the student already matches the teacher; else torch's KL(teacher || student)
+    at the temperature, times T², over the labelled rows with weight > 0 only."""
+    import torch
+
+    from training.data import IGNORE
+    from training.distill import distill_loss
+
+    torch.manual_seed(0)
+    t = 2.0
+    logits = torch.randn(5, 3)
+    y = torch.tensor([0, IGNORE, 2, 1, 0])
+    rows = torch.tensor([1.0, 7.0, 1.0, 1.0, 0.0])
+    same = torch.softmax(logits / t, -1)
+    assert distill_loss(logits, y, same, rows, t).item() == pytest.approx(0.0, abs=1e-6)
+    soft = torch.softmax(torch.randn(5, 3), -1)
+    keep = torch.tensor([0, 2, 3])
+    expected = t**2 * torch.nn.functional.kl_div(
+        torch.log_softmax(logits[keep] / t, -1), soft[keep], reduction="batchmean"
+    )
+    assert torch.allclose(distill_loss(logits, y, soft, rows, t), expected, atol=1e-6)
+
+
+def test_teacher_probs_average_bundles_and_refuse_a_mismatch(tiny_bundle, tiny_corpus, tmp_path):
+    """Two copies of one teacher average to that teacher's own tempered softmax; a teacher
+    trained with another text normalizer is refused by name."""
+    import shutil
+
+    import numpy as np
+    from transformers import PreTrainedTokenizerFast
+
+    from features.calibration import softmax
+    from features.text import DEFAULT_NORMALIZER, NORMALIZERS
+    from training.distill import TeacherMismatch, teacher_probs
+    from training.export import ort_predictor, session
+
+    bundle = read_bundle(tiny_bundle)
+    texts = list(tiny_corpus["train"]["text"])[:50]
+    twice = [tiny_bundle, tiny_bundle]
+    probs = teacher_probs(twice, texts, bundle.schema_, DEFAULT_NORMALIZER, 2.0)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(bundle.tokenizer_path), pad_token="[PAD]")
+    sess = session(bundle.onnx_path, config=bundle.meta.ort_session_config or None)
+    logits = ort_predictor(sess, tok, bundle.schema_, bundle.meta.max_length)(texts)
+    for task in bundle.schema_.names:
+        assert probs[task].shape == (len(texts), len(bundle.schema_.task(task).labels))
+        np.testing.assert_allclose(probs[task].numpy(), softmax(logits[task], 2.0), atol=1e-5)
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    meta = json.loads((other / "bundle.json").read_text())
+    meta["normalizer"] = next(n for n in NORMALIZERS if n != DEFAULT_NORMALIZER)
+    (other / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(TeacherMismatch, match="normalizes text"):
+        teacher_probs([other], texts, bundle.schema_, DEFAULT_NORMALIZER, 2.0)
+
+
+def _relabelled(corpus, seed: int):
+    """The corpus with each task's labels shuffled among its labelled training rows."""
+    from datasets import DatasetDict
+
+    from training.data import IGNORE
+
+    train = corpus["train"]
+    cols = {}
+    rng = random.Random(seed)
+    for task in ("topic", "sentiment", "actionability"):
+        ys = list(train[task])
+        idx = [i for i, y in enumerate(ys) if y != IGNORE]
+        vals = [ys[i] for i in idx]
+        rng.shuffle(vals)
+        for i, v in zip(idx, vals, strict=True):
+            ys[i] = v
+        cols[task] = ys
+    for task, ys in cols.items():
+        train = train.remove_columns(task).add_column(task, ys)
+    return DatasetDict({**corpus, "train": train})
+
+
+def _teacher(bundle, dest, **data):
+    """A copy of ``bundle`` that records having been trained with DataConfig(**data)."""
+    import shutil
+
+    from training.config import DataConfig
+
+    shutil.copytree(bundle, dest)
+    meta = json.loads((dest / "bundle.json").read_text())
+    meta["training"] = {"config": {"data": DataConfig(**data).model_dump(mode="json")}}
+    (dest / "bundle.json").write_text(json.dumps(meta))
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("teacher_folds", "refused"),
+    [
+        ({}, None),  # the same test and validation folds: nothing held out leaks
+        ({"complaints_test_fold": 3}, "folds \\[0, 1\\]"),  # trained on both of ours
+        ({"complaints_val_fold": 5}, "folds \\[1\\]"),  # trained on our validation fold 1
+        ({"complaints_val_fold": None}, "folds \\[1\\]"),
+    ],
+)
+def test_teacher_trained_on_held_out_folds_is_refused(
+    tiny_bundle, tiny_corpus, schema, tmp_path, teacher_folds, refused
+):
+    from features.text import DEFAULT_NORMALIZER
+    from training.distill import TeacherMismatch, teacher_probs
+
+    teacher = _teacher(tiny_bundle, tmp_path / "t", **teacher_folds)
+    texts = list(tiny_corpus["train"]["text"])[:8]
+    args = ([teacher], texts, schema, DEFAULT_NORMALIZER, 2.0)
+    if refused is None:
+        assert teacher_probs(*args, held_out={0, 1})["topic"].shape[0] == len(texts)
+    else:
+        with pytest.raises(TeacherMismatch, match=refused):
+            teacher_probs(*args, held_out={0, 1})
+    with pytest.raises(TeacherMismatch, match="records no training"):
+        teacher_probs([tiny_bundle], texts, schema, DEFAULT_NORMALIZER, 2.0, held_out={0, 1})
+
+
+def test_distillation_weights_labels_and_teacher_by_alpha(
+    tiny_cfg, tiny_corpus, tiny_bundle, tmp_path
+):
+    """alpha 1: the teacher alone teaches, so shuffled labels train the very same weights;
+    alpha 0: the teacher changes nothing against a run without one; in between, both count."""
+    import torch
+
+    from training.config import DistillConfig
+    from training.train import train
+
+    def weights(cfg, corpus):
+        return train(cfg, corpus).model.state_dict()
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    base = tiny_cfg.model_copy(update={"select_best": False, "ema_decay": None})
+    shuffled = _relabelled(tiny_corpus, seed=1)
+    teacher = _teacher(tiny_bundle, tmp_path / "teacher", **tiny_cfg.data.model_dump())
+    teach = {"teachers": [teacher], "temperature": 2.0}
+    only_teacher = base.model_copy(update={"distill": DistillConfig(**teach, alpha=1.0)})
+    assert same(weights(only_teacher, tiny_corpus), weights(only_teacher, shuffled))
+    no_teacher = base.model_copy(update={"distill": DistillConfig(**teach, alpha=0.0)})
+    plain = weights(base, tiny_corpus)
+    assert same(weights(no_teacher, tiny_corpus), plain)
+    half = base.model_copy(update={"distill": DistillConfig(**teach, alpha=0.5)})
+    assert not same(weights(half, tiny_corpus), plain)

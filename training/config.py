@@ -76,6 +76,18 @@ class DataConfig(BaseModel):
         return self.complaints_val_fold
 
 
+class DistillConfig(BaseModel):
+    """Soft targets from trained bundles (training.distill), mixed with the labels."""
+
+    # Model bundles (folders) whose averaged predictions teach this run; they must share its
+    # label schema and text normalizer. Their training rows must not include this run's
+    # validation or test rows, or selection and the reported metrics would leak.
+    teachers: list[Path] = Field(min_length=1)
+    # Weight of the soft-target loss; the label loss gets 1 - alpha.
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=2.0, gt=0.0)
+
+
 class TrainConfig(BaseModel):
     name: str = "caretriage-minilm"
     base_model: str = Field(default_factory=default_base_model)
@@ -107,6 +119,7 @@ class TrainConfig(BaseModel):
     class_weight: dict[str, Literal["none", "sqrt_inv", "inv"]] = Field(
         default_factory=lambda: {"topic": "sqrt_inv"}
     )
+    distill: DistillConfig | None = None
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
     output_dir: Path = REPO_ROOT / "artifacts" / "train"
     tracking_uri: str = Field(

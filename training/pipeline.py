@@ -301,6 +301,14 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         )
     for src in cfg.data.extra:
         extra_data += f"\n- extra training rows: `{src}`."
+    distilled = ""
+    if cfg.distill:
+        names = ", ".join(f"`{p.name}`" for p in cfg.distill.teachers)
+        distilled = (
+            f"\n- Distilled: each task's loss mixes the labels ({1 - cfg.distill.alpha:g}) with the"
+            f" averaged soft predictions ({cfg.distill.alpha:g}, temperature"
+            f" {cfg.distill.temperature:g}) of the teacher bundles {names}."
+        )
     act_limit = (
         "\n- Actionability has no validation split: its temperature is 1.0 (uncalibrated)."
         if cfg.data.val_fold is None
@@ -315,7 +323,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   package), fine-tuned jointly with one linear head per task on mean-pooled token states;
   loss weights {weights}; word embeddings frozen;
   weights kept: {training.get("selected") or "last epoch"} (best mean validation macro-F1 of the
-  raw and weight-averaged models after each epoch).
+  raw and weight-averaged models after each epoch).{distilled}
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:

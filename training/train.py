@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_sche
 from features.schema import LabelSchema
 from training.config import TrainConfig
 from training.data import IGNORE
+from training.distill import distill_loss, teacher_probs
 from training.evaluate import Logits, eval_sets, evaluate, fit_temperature
 from training.model import MultiTaskModel
 
@@ -176,6 +177,20 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
         else torch.ones(len(train_ds))
     )
     lengths = [len(x) for x in enc]
+    soft = (
+        teacher_probs(
+            cfg.distill.teachers,
+            list(train_ds["text"]),
+            schema,
+            cfg.data.normalizer,
+            cfg.distill.temperature,
+            held_out={
+                f for f in (cfg.data.complaints_test_fold, cfg.data.val_fold) if f is not None
+            },
+        )
+        if cfg.distill
+        else None
+    )
 
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
     enc_params = [
@@ -227,6 +242,11 @@ def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
                 y = labels[t][b]
                 if (y != IGNORE).any():
                     lt = loss_fns[t](out[t], y, row_weights[b])
+                    if soft is not None and cfg.distill is not None:
+                        kd = distill_loss(
+                            out[t], y, soft[t][b], row_weights[b], cfg.distill.temperature
+                        )
+                        lt = (1 - cfg.distill.alpha) * lt + cfg.distill.alpha * kd
                     loss = loss + cfg.task_weights.get(t, 1.0) * lt
                     running[t] += lt.item()
                     counts[t] += 1
