@@ -22,7 +22,8 @@ from training.data import IGNORE
 
 
 class TeacherMismatch(ValueError):
-    """A teacher bundle cannot teach this run (other labels or text normalizer)."""
+    """A teacher bundle cannot teach this run (other labels or normalizer, or it trained on
+    rows this run holds out)."""
 
 
 def check_held_out(path: Path, training: dict, held_out: set[int]) -> None:
