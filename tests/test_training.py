@@ -612,3 +612,33 @@ def test_distillation_weights_labels_and_teacher_by_alpha(
     assert same(weights(no_teacher, tiny_corpus), plain)
     half = base.model_copy(update={"distill": DistillConfig(**teach, alpha=0.5)})
     assert not same(weights(half, tiny_corpus), plain)
+
+
+def test_centred_rms_layer_norms_replace_layer_norms_exactly(tiny_model, tmp_path):
+    """Every fused (Skip)LayerNorm becomes ReduceMean/Sub/SimplifiedLayerNormalization (faster
+    on ONNX Runtime's CPU) and the graph computes the same logits, on padded batches too."""
+    import numpy as np
+    import onnx
+
+    from training.export import centered_rms_layer_norms, export_onnx, feeds, optimize, session
+
+    model, tokenizer = tiny_model
+    cfg = model.encoder.config
+    raw = export_onnx(model, tmp_path / "raw.onnx", tokenizer.pad_token_id)
+    fp32 = optimize(raw, tmp_path / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    fast = tmp_path / "fast.onnx"
+    fast.write_bytes(fp32.read_bytes())
+    before = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    done = centered_rms_layer_norms(fast)
+    after = [n.op_type for n in onnx.load(str(fast)).graph.node]
+    assert len(done) == before.count("SkipLayerNormalization") + before.count("LayerNormalization")
+    assert len(done) >= 2 * cfg.num_hidden_layers
+    assert "SkipLayerNormalization" not in after and "LayerNormalization" not in after
+    assert after.count("SimplifiedLayerNormalization") == len(done)
+    assert centered_rms_layer_norms(fast) == [], "a second pass finds nothing to rewrite"
+
+    texts = ["my bag is lost", "thanks!!", "flight delayed again " * 6, "where is my refund"]
+    (batch,), _ = feeds(tokenizer, texts, 64, batch_size=len(texts))
+    for a, b in zip(session(fp32).run(None, batch), session(fast).run(None, batch), strict=True):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 1e-4
