@@ -100,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_variants(args: argparse.Namespace, bundle: Any, scorer: Any, workdir: Path) -> list[Any]:
     """(a)-(d), each either ready to call or marked skipped with the reason."""
+    from serving.inference import Scorer
     from training.config import default_base_model
 
     out = []
@@ -166,6 +167,13 @@ def build_variants(args: argparse.Namespace, bundle: Any, scorer: Any, workdir: 
                 )
             )
     out.append(variants.scorer_variant(scorer))
+    if scorer.workers > 1:  # the same Scorer with one run at a time on every core, to compare
+        one = Scorer(bundle, workers=1, intra_op_threads=args.threads)
+        out.append(
+            variants.scorer_variant(
+                one, "scorer_one_run", f"serving Scorer, 1 run x {one.intra_op_threads} threads"
+            )
+        )
     return out
 
 
@@ -240,7 +248,12 @@ def measure_http(
 
 # Alternatives to the default server settings, measured on the single-post load.
 SERVER_VARIANTS: dict[str, dict[str, str]] = {
-    "ort_no_spinning": {"CARETRIAGE_INTRA_OP_SPINNING": "0"},
+    # One ONNX run at a time on every core (the default before parallel runs), spinning or not.
+    "one_run_all_cores": {"CARETRIAGE_INFERENCE_WORKERS": "1"},
+    "one_run_no_spinning": {
+        "CARETRIAGE_INFERENCE_WORKERS": "1",
+        "CARETRIAGE_INTRA_OP_SPINNING": "0",
+    },
     "roster_read_per_request": {"CARETRIAGE_ROSTER_MAX_AGE": "0"},
 }
 

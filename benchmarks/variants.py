@@ -77,11 +77,12 @@ def bundled_fp32(bundle: Bundle) -> Path | None:
 
 def export_fp32(base_model: str, bundle: Bundle, workdir: Path, seed: int = 0) -> Path:
     """The base encoder with random heads, exported and optimized exactly as a trained model
-    is (``export_onnx`` + ``optimize``): same graph shape, hence the same cost."""
+    is (``export_onnx``, ``optimize``, ``centered_rms_layer_norms``): same graph shape, hence
+    the same cost."""
     import torch
     from transformers.utils import logging as hf_logging
 
-    from training.export import export_onnx, optimize
+    from training.export import centered_rms_layer_norms, export_onnx, optimize
     from training.model import MultiTaskModel
 
     hf_logging.set_verbosity_error()
@@ -91,7 +92,9 @@ def export_fp32(base_model: str, bundle: Bundle, workdir: Path, seed: int = 0) -
         warnings.simplefilter("ignore")
         raw = export_onnx(model, workdir / "raw.onnx", bundle.meta.pad_token_id)
     cfg = model.encoder.config
-    return optimize(raw, workdir / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    fp32 = optimize(raw, workdir / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    centered_rms_layer_norms(fp32)
+    return fp32
 
 
 def bundle_hf_tokenizer(bundle: Bundle) -> Any:
@@ -121,14 +124,14 @@ def ort_variant(
     return Variant(key, label, "sorted", predict, info=info)
 
 
-def scorer_variant(scorer: Scorer) -> Variant:
+def scorer_variant(scorer: Scorer, key: str = "scorer", label: str | None = None) -> Variant:
     """The serving ``Scorer`` as the HTTP path uses it: normalization, tokenizers, token-capped
-    length-sorted batches, calibrated softmax."""
+    length-sorted batches run ``scorer.workers`` at a time, calibrated softmax."""
     info = {
         "max_batch_tokens": scorer.max_batch_tokens,
         "max_batch_size": scorer.max_batch_size,
-        "intra_op_threads": scorer.session.get_session_options().intra_op_num_threads
-        or "ORT default",
+        "workers": scorer.workers,
+        "intra_op_threads": scorer.intra_op_threads,
     }
-    label = f"serving Scorer ({scorer.meta.precision})"
-    return Variant("scorer", label, "sorted", scorer.predict, info=info)
+    label = label or f"serving Scorer ({scorer.meta.precision})"
+    return Variant(key, label, "sorted", scorer.predict, info=info)

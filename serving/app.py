@@ -101,6 +101,7 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             bundle,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
+            workers=settings.inference_workers,
             intra_op_threads=settings.intra_op_threads,
             intra_op_spinning=settings.intra_op_spinning,
         )
@@ -118,6 +119,7 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             yield
         finally:
             await batcher.stop()
+            await run_in_threadpool(scorer.close)
             store.dispose()
             state.batcher = state.scorer = state.store = None
 

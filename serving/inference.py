@@ -8,9 +8,12 @@ by count, so short posts are not padded to the length of a long one and memory s
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +36,24 @@ _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def plan_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int, min_batches: int = 1
 ) -> list[list[int]]:
     """Group item indices into batches, longest first, so that each batch's padded size
     (count x longest length) stays within ``max_batch_tokens`` and its count within
-    ``max_batch_size``. An item longer than the cap still runs, alone."""
+    ``max_batch_size``. An item longer than the cap still runs, alone. With ``min_batches``
+    the items are spread over at least that many batches (as far as there are items), so that
+    as many runs can go in parallel."""
+    if min_batches > 1 and lengths:
+        max_batch_size = min(max_batch_size, math.ceil(len(lengths) / min_batches))
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -59,7 +74,12 @@ def plan_batches(
 
 class Scorer:
     """One ONNX Runtime session and one tokenizer for one bundle. Thread-safe for ``predict``
-    (ORT sessions allow concurrent ``run``); the batcher calls it from one worker thread."""
+    (ORT sessions allow concurrent ``run``); the batcher calls it from one worker thread.
+
+    A call's posts are cut into length-sorted batches, and ``workers`` of them run at once, each
+    on ``intra_op_threads`` threads (0: the usable cores shared out among the workers). On 2
+    cores, two single-threaded runs side by side beat one run on two threads: small batches of
+    tweets leave ONNX Runtime's intra-op threads waiting on each other (``benchmarks/``)."""
 
     def __init__(
         self,
@@ -67,6 +87,7 @@ class Scorer:
         *,
         max_batch_tokens: int = 8192,
         max_batch_size: int = 8,
+        workers: int = 0,
         intra_op_threads: int = 0,
         intra_op_spinning: bool = True,
     ) -> None:
@@ -74,6 +95,9 @@ class Scorer:
         self.meta = bundle.meta
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        cores = usable_cores()
+        self.workers = workers or cores
+        self.intra_op_threads = intra_op_threads or max(1, cores // self.workers)
         self.tasks = [t.name for t in bundle.schema_.tasks]
         self.labels = {t.name: list(t.labels) for t in bundle.schema_.tasks}
         self.temperatures = {t: float(self.meta.temperatures.get(t, 1.0)) for t in self.tasks}
@@ -94,7 +118,7 @@ class Scorer:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = intra_op_threads
+        opts.intra_op_num_threads = self.intra_op_threads
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
@@ -108,6 +132,12 @@ class Scorer:
         self._check_graph()
         self._dtypes = {i.name: _INT_TYPES[i.type] for i in self.session.get_inputs()}
         self._output_names = [self.meta.outputs[t] for t in self.tasks]
+        # The calling thread runs batches too, so a pool of workers - 1 threads suffices.
+        self._pool = (
+            ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ort-run")
+            if self.workers > 1
+            else None
+        )
         self._warm = threading.Event()
         # compare_self_check's result once warm; None for a bundle that records no self-check.
         self.self_check: dict[str, object] | None = None
@@ -133,6 +163,11 @@ class Scorer:
         absent = {t: o for t, o in self.meta.outputs.items() if o not in graph_outputs}
         if absent:
             raise BundleError(f"{self.bundle.path}: ONNX graph lacks outputs {absent}")
+
+    def close(self) -> None:
+        """Stop the run threads (after the calls in flight finish)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     @property
     def warm(self) -> bool:
@@ -165,10 +200,10 @@ class Scorer:
         out = {t: np.empty((n, len(self.labels[t])), dtype=np.float64) for t in self.tasks}
         if n == 0:
             return out
-        for batch in plan_batches(
-            [len(x) for x in ids], self.max_batch_tokens, self.max_batch_size
-        ):
-            logits = self._run([ids[i] for i in batch])
+        batches = plan_batches(
+            [len(x) for x in ids], self.max_batch_tokens, self.max_batch_size, self.workers
+        )
+        for batch, logits in zip(batches, self._run_all(ids, batches), strict=True):
             for task, z in zip(self.tasks, logits, strict=True):
                 z = np.asarray(z)
                 if z.shape != (len(batch), len(self.labels[task])):
@@ -179,6 +214,34 @@ class Scorer:
                     )
                 out[task][batch] = z
         return out
+
+    def _run_all(
+        self, ids: Sequence[Sequence[int]], batches: list[list[int]]
+    ) -> list[list[np.ndarray]]:
+        """Run every batch, up to ``workers`` at once: the caller and the pool's threads each
+        take the next batch (longest first) until none is left."""
+        helpers = min(self.workers, len(batches)) - 1
+        if self._pool is None or helpers < 1:
+            return [self._run([ids[i] for i in b]) for b in batches]
+        results: list[list[np.ndarray] | None] = [None] * len(batches)
+        lock = threading.Lock()
+        todo = iter(range(len(batches)))
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    k = next(todo, None)
+                if k is None:
+                    return
+                results[k] = self._run([ids[i] for i in batches[k]])
+
+        futures = [self._pool.submit(drain) for _ in range(helpers)]
+        try:
+            drain()
+        finally:
+            for f in futures:  # wait for every helper, and raise the first error
+                f.result()
+        return results  # type: ignore[return-value]
 
     def predict_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """Probabilities per task, shape (n, n_labels), in the order of ``ids``."""

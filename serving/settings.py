@@ -72,9 +72,13 @@ class Settings(BaseSettings):
     # process's /v1/agents are seen at once, edits by other processes within this time. 0 reads
     # the database on every request.
     roster_max_age: float = Field(default=2.0, ge=0.0)
-    # ONNX Runtime intra-op threads; 0 lets ORT use the physical cores.
+    # ONNX runs in flight at once within a scoring call (its posts are cut into batches);
+    # 0: one per usable core. See serving.inference.Scorer.
+    inference_workers: int = Field(default=0, ge=0)
+    # ONNX Runtime intra-op threads per run; 0 shares the usable cores out among the workers.
     intra_op_threads: int = Field(default=0, ge=0)
-    # Let ONNX Runtime's worker threads spin between runs (ORT's default). With 8 single-post
+    # Let ONNX Runtime's worker threads spin between runs (ORT's default; moot with one thread
+    # per run, the default on this project's 2-core machines). With 8 single-post
     # clients on 2 cores, one run gave p99 97 ms spinning vs 118 ms not; on a slower 2-core host,
     # two sets of three interleaved rounds gave medians 222 vs 205 ms, then 196 vs 236 ms: within
     # the noise. Turn it off when the process shares its cores with other work.

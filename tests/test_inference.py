@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_independent_of_order_and_company(scorer):
 
 
 def test_batches_sorted_and_padded_to_their_longest(onnx_bundle, monkeypatch):
-    s = Scorer.from_dir(onnx_bundle, max_batch_tokens=40, max_batch_size=3)
+    s = Scorer.from_dir(onnx_bundle, max_batch_tokens=40, max_batch_size=3, workers=1)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     real_run = s.session.run
 
@@ -223,3 +224,68 @@ def test_self_check_passes_here_and_flags_a_machine_that_differs(tiny_bundle, tm
     assert s.warm and s.self_check is not None and not s.self_check["passed"]
     assert s.self_check["agreement"][task] < 100.0
     assert "self-check" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_tokens", "max_size", "min_batches", "sizes"),
+    [
+        ([5] * 8, 10_000, 8, 1, [8]),
+        ([5] * 8, 10_000, 8, 2, [4, 4]),  # spread over the workers
+        ([5] * 9, 10_000, 8, 2, [5, 4]),
+        ([5] * 32, 10_000, 8, 2, [8, 8, 8, 8]),  # the size cap still holds
+        ([5], 10_000, 8, 2, [1]),  # one post: one run
+        ([5] * 3, 10_000, 8, 4, [1, 1, 1]),
+        ([10, 1, 1, 1], 12, 8, 1, [1, 3]),  # the token cap: the long post alone
+        ([], 10_000, 8, 2, []),
+    ],
+)
+def test_plan_batches(lengths, max_tokens, max_size, min_batches, sizes):
+    batches = plan_batches(lengths, max_tokens, max_size, min_batches)
+    assert [len(b) for b in batches] == sizes
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    firsts = [lengths[b[0]] for b in batches]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
+
+
+def test_parallel_runs_use_several_threads_and_match_one_run(onnx_bundle, monkeypatch):
+    """workers > 1: batches run concurrently on different threads (the first two meet at a
+    barrier, which only two threads at once can pass) and the scores equal one-at-a-time."""
+    one = Scorer.from_dir(onnx_bundle, workers=1)
+    par = Scorer.from_dir(onnx_bundle, workers=2, max_batch_size=2)
+    assert par.workers == 2 and par.intra_op_threads >= 1
+    barrier = threading.Barrier(2, timeout=20)
+    threads: list[int] = []
+    real_run = par._run
+
+    def spy(ids):
+        threads.append(threading.get_ident())
+        if len(threads) <= 2:
+            barrier.wait()
+        return real_run(ids)
+
+    monkeypatch.setattr(par, "_run", spy)
+    assert_same(par.predict(TEXTS), one.predict(TEXTS))
+    assert len(threads) == len(plan_batches([len(x) for x in par.encode(TEXTS)], 8192, 2, 2))
+    assert len(set(threads)) == 2
+    par.close()
+    one.close()
+
+
+def test_a_failed_parallel_run_fails_the_call_not_the_scorer(onnx_bundle, monkeypatch):
+    s = Scorer.from_dir(onnx_bundle, workers=2, max_batch_size=1)
+    expected = s.predict(TEXTS)
+    real_run = s._run
+    calls = 0
+
+    def flaky(ids):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("boom")
+        return real_run(ids)
+
+    monkeypatch.setattr(s, "_run", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        s.predict(TEXTS)
+    assert_same(s.predict(TEXTS), expected)
+    s.close()
