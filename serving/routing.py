@@ -131,14 +131,24 @@ def _eligible(
 
 
 def _skill(
-    agent: Agent, topic: str, topics: Sequence[str], confidence: float, policy: RoutingPolicy
+    agent: Agent,
+    topic: str,
+    topics: Sequence[str],
+    confidence: float,
+    policy: RoutingPolicy,
+    explain: bool = True,
 ) -> tuple[float, str]:
+    """The agent's skill for the post and, if ``explain``, the reason that says so."""
     own = agent.skills.get(topic, 0.0)
     if policy.generalist_below <= 0 or confidence >= policy.generalist_below:
-        return own, f"skill {topic} {own:.2f}"
+        return own, f"skill {topic} {own:.2f}" if explain else ""
     trust = confidence / policy.generalist_below
-    general = sum(agent.skills.get(t, 0.0) for t in topics) / len(topics)
+    # The mean over ``topics`` (a superset of the agent's skills, absent ones 0), summed in
+    # the same sorted order so the result is bit-identical, without a lookup per topic.
+    general = sum(agent.skills[t] for t in sorted(agent.skills)) / len(topics)
     blended = trust * own + (1 - trust) * general
+    if not explain:
+        return blended, ""
     return blended, (
         f"skill {blended:.2f} = {topic} {own:.2f} blended with general {general:.2f} "
         f"(topic confidence {confidence:.2f})"
@@ -173,9 +183,9 @@ def rank_agents(
     for agent in agents:
         if not _eligible(agent, policy, language, work_group):
             continue
-        skill, why = _skill(agent, topic, topics, topic_confidence, policy)
+        skill, _ = _skill(agent, topic, topics, topic_confidence, policy, explain=False)
         if skill > policy.min_skill:
-            candidates.append(_Candidate(agent, skill, [why]))
+            candidates.append(_Candidate(agent, skill))
 
     esc = policy.escalation
     escalate = esc.applies(p_negative, priority)
@@ -184,44 +194,64 @@ def rank_agents(
         candidates = top or candidates
     w = policy.weights
     csat_weight = esc.csat_weight if escalate else w.csat
+    ref = policy.speed_reference_minutes
 
     for c in candidates:
         a = c.agent
         spare = (a.capacity - a.caseload) / a.capacity
-        c.reasons.append(f"spare capacity {a.capacity - a.caseload}/{a.capacity}")
-
         csat = a.csat.get(topic)
-        if csat is None:
-            csat_value = policy.csat_prior
-            note = f"CSAT {topic} unmeasured, prior {csat_value:.2f}"
-        else:
-            csat_value = csat
-            note = f"CSAT {topic} {csat:.2f}"
-        if escalate:
-            top_rated = csat is not None and csat >= esc.min_csat
-            note += " (escalation: top-rated)" if top_rated else " (escalation: none top-rated)"
-        if csat_weight > 0:
-            c.reasons.append(note)
-
+        csat_value = policy.csat_prior if csat is None else csat
         minutes = a.first_response_minutes.get(topic)
-        ref = policy.speed_reference_minutes
-        m = policy.speed_prior_minutes if minutes is None else minutes
-        speed = ref / (ref + m)
-        if w.speed > 0:
-            c.reasons.append(
-                f"first response {topic} {m:g} min"
-                if minutes is not None
-                else f"first response {topic} unmeasured, prior {m:g} min"
-            )
-
+        speed = ref / (ref + (policy.speed_prior_minutes if minutes is None else minutes))
         c.score = c.skill**w.skill * spare**w.capacity * csat_value**csat_weight * speed**w.speed
         if a.status == AgentStatus.away:
             c.score *= policy.away_factor
-            c.reasons.append(f"away (score × {policy.away_factor:g})")
 
     # Round before comparing so float noise cannot reorder equal agents; then id decides.
+    # Reasons are written for the agents returned only (a roster has tens or hundreds).
     candidates.sort(key=lambda c: (-round(c.score, 12), c.agent.id))
     return [
-        AgentMatch(id=c.agent.id, score=round(c.score, 4), reasons=c.reasons)
+        AgentMatch(
+            id=c.agent.id,
+            score=round(c.score, 4),
+            reasons=_reasons(c.agent, topic, topics, topic_confidence, policy, escalate),
+        )
         for c in candidates[:k]
     ]
+
+
+def _reasons(
+    a: Agent,
+    topic: str,
+    topics: Sequence[str],
+    confidence: float,
+    policy: RoutingPolicy,
+    escalate: bool,
+) -> list[str]:
+    """Each factor of the agent's score, in the order ``rank_agents`` multiplies them."""
+    w, esc = policy.weights, policy.escalation
+    reasons = [
+        _skill(a, topic, topics, confidence, policy)[1],
+        f"spare capacity {a.capacity - a.caseload}/{a.capacity}",
+    ]
+    csat = a.csat.get(topic)
+    if csat is None:
+        note = f"CSAT {topic} unmeasured, prior {policy.csat_prior:.2f}"
+    else:
+        note = f"CSAT {topic} {csat:.2f}"
+    if escalate:
+        top_rated = csat is not None and csat >= esc.min_csat
+        note += " (escalation: top-rated)" if top_rated else " (escalation: none top-rated)"
+    if (esc.csat_weight if escalate else w.csat) > 0:
+        reasons.append(note)
+    minutes = a.first_response_minutes.get(topic)
+    if w.speed > 0:
+        m = policy.speed_prior_minutes if minutes is None else minutes
+        reasons.append(
+            f"first response {topic} {m:g} min"
+            if minutes is not None
+            else f"first response {topic} unmeasured, prior {m:g} min"
+        )
+    if a.status == AgentStatus.away:
+        reasons.append(f"away (score × {policy.away_factor:g})")
+    return reasons
