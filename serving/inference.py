@@ -36,12 +36,28 @@ _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """The CPU quota of this process's cgroup (v2) in cores, e.g. 2.0 for ``docker --cpus 2``;
+    None when there is none or it cannot be read."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        with open(path, encoding="ascii") as f:
+            quota, _, period = f.read().strip().partition(" ")
+        return int(quota) / int(period or 100_000) if quota != "max" else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a container
+    on a big host sees every core in its mask but may only use its quota)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
 
 
 def plan_batches(

@@ -12,7 +12,7 @@ import pytest
 
 from features.bundle import BundleError, read_bundle
 from features.calibration import softmax
-from serving.inference import Scorer, plan_batches
+from serving.inference import Scorer, cgroup_cpu_limit, plan_batches, usable_cores
 from tests._tiny_onnx import build_onnx_bundle
 
 TEXTS = [
@@ -289,3 +289,24 @@ def test_a_failed_parallel_run_fails_the_call_not_the_scorer(onnx_bundle, monkey
         s.predict(TEXTS)
     assert_same(s.predict(TEXTS), expected)
     s.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "limit"),
+    [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000", 1.5), ("junk", None)],
+)
+def test_cgroup_cpu_limit(tmp_path, content, limit):
+    f = tmp_path / "cpu.max"
+    f.write_text(content)
+    assert cgroup_cpu_limit(str(f)) == limit
+    assert cgroup_cpu_limit(str(tmp_path / "absent")) is None
+
+
+def test_usable_cores_respects_a_cgroup_quota(monkeypatch):
+    import serving.inference as inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(inference, "cgroup_cpu_limit", lambda: 1.5)
+    assert usable_cores() == 2
+    monkeypatch.setattr(inference, "cgroup_cpu_limit", lambda: None)
+    assert usable_cores() == 64
