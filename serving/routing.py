@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,7 +100,6 @@ class RoutingPolicy(_Strict):
 class _Candidate:
     agent: Agent
     skill: float
-    reasons: list[str] = field(default_factory=list)
     score: float = 0.0
 
 
