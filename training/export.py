@@ -153,8 +153,8 @@ def centered_rms_layer_norms(path: Path) -> list[str]:
 
     The same function (RMS of a centred row is its standard deviation; differences of a few
     1e-6), but ONNX Runtime's CPU LayerNorm kernels are slow: at batch 32 of tweets one
-    SkipLayerNormalization took 1.86 ms on one thread and its six-node replacement 0.51 ms,
-    which is 11% of this encoder's int8 run. Run it last: the quantization recipes find
+    SkipLayerNormalization took 1.86 ms on one thread and its six-node replacement 0.51 ms
+    (the twelve of them were 14% of this encoder's int8 run). Run it last: the recipes find
     LayerNorm outputs by their op type."""
     from onnx import helper, numpy_helper
 
