@@ -195,6 +195,50 @@ def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path)
         assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6) + 1e-3
 
 
+def _fused_graph(tiny_model, path):
+    """The tiny encoder exported and fused by ONNX Runtime's transformer optimizer, as the
+    export does before quantizing."""
+    from training.export import export_onnx, optimize
+
+    model, tokenizer = tiny_model
+    cfg = model.encoder.config
+    raw = export_onnx(model, path.with_name("raw.onnx"), tokenizer.pad_token_id)
+    return optimize(raw, path, cfg.num_attention_heads, cfg.hidden_size)
+
+
+def test_gather_before_dequantize_keeps_the_embedding_table_int8_and_outputs_exact(
+    tiny_model, tmp_path
+):
+    """The int8 word embeddings are gathered by token id before they are dequantized: no node
+    dequantizes the whole table any more, and the logits are bit-identical, padding included."""
+    import numpy as np
+    import onnx
+
+    from training.export import feeds, gather_before_dequantize, session, weight_only_int8
+
+    _, tokenizer = tiny_model
+    q = _fused_graph(tiny_model, tmp_path / "q.onnx")
+    assert "EmbedLayerNormalization_0" in weight_only_int8(q, min_size=0, block=8)
+    whole = tmp_path / "whole.onnx"
+    whole.write_bytes(q.read_bytes())
+    table = [n.input[0] for n in onnx.load(str(q)).graph.node if n.op_type == "DequantizeLinear"]
+
+    assert gather_before_dequantize(q) == ["EmbedLayerNormalization_0"]
+    assert gather_before_dequantize(q) == [], "a second pass finds nothing to rewrite"
+    graph = onnx.load(str(q)).graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    word_table = next(t for t in table if "word_embeddings" in t)
+    assert word_table not in dequantized, "the whole table is no longer dequantized"
+    gathered = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == word_table]
+    assert len(gathered) == 1
+
+    texts = ["my bag is lost", "thanks!!", "flight delayed again " * 6, "where is my refund"]
+    (batch,), _ = feeds(tokenizer, texts, 64, batch_size=len(texts))
+    for a, b in zip(session(whole).run(None, batch), session(q).run(None, batch), strict=True):
+        assert a.shape == b.shape
+        assert np.array_equal(a, b)
+
+
 def test_export_checkpoint_logs_into_its_training_run(tiny_cfg, tiny_corpus, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -347,11 +391,9 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
 
     from training.export import (
         RECIPES,
-        export_onnx,
         feeds,
         input_hessians,
         layer_norm_fed,
-        optimize,
         per_token_int8,
         quantize,
         row_zero_points,
@@ -361,8 +403,7 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
 
     model, tokenizer = tiny_model
     cfg = model.encoder.config
-    raw = export_onnx(model, tmp_path / "raw.onnx", tokenizer.pad_token_id)
-    fp32 = optimize(raw, tmp_path / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    fp32 = _fused_graph(tiny_model, tmp_path / "fp32.onnx")
     ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
     assert "Attention" in ops(fp32), "the optimizer fused the attention"
     q = tmp_path / "pt.onnx"
@@ -620,12 +661,11 @@ def test_centred_rms_layer_norms_replace_layer_norms_exactly(tiny_model, tmp_pat
     import numpy as np
     import onnx
 
-    from training.export import centered_rms_layer_norms, export_onnx, feeds, optimize, session
+    from training.export import centered_rms_layer_norms, feeds, session
 
     model, tokenizer = tiny_model
     cfg = model.encoder.config
-    raw = export_onnx(model, tmp_path / "raw.onnx", tokenizer.pad_token_id)
-    fp32 = optimize(raw, tmp_path / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    fp32 = _fused_graph(tiny_model, tmp_path / "fp32.onnx")
     fast = tmp_path / "fast.onnx"
     fast.write_bytes(fp32.read_bytes())
     before = [n.op_type for n in onnx.load(str(fp32)).graph.node]

@@ -314,6 +314,10 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         if cfg.data.val_fold is None
         else ""
     )
+    fp32_nodes = ", ".join(
+        f"`{n}`" for n in report.quantization.get("fp32_compute_int8_weights") or []
+    )
+    fp32_nodes = fp32_nodes or "none"
     card = f"""# {b.meta.name} ({b.meta.version})
 
 A multi-task classifier for social customer care: one encoder pass yields **topic**,
@@ -327,7 +331,9 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
   `{report.quantization.get("recipe")}` chosen on validation agreement
   {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
-  {len(report.quantization.get("fp32_compute_int8_weights") or [])}.
+  {fp32_nodes}
+  (an int8 word-embedding table stays int8 in memory: only the rows of a batch's tokens are
+  dequantized).
 - Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}`:
   {(NORMALIZERS[b.meta.normalizer].__doc__ or "").strip()}
 - Calibrated softmax temperatures (validation): {b.meta.temperatures}.
