@@ -41,6 +41,7 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) -m benchmarks.routing
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

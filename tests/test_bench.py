@@ -144,3 +144,16 @@ def test_quant_recipes_smoke(onnx_bundle: Path, tmp_path: Path) -> None:
     assert set(res["fp32"]["agreement"].values()) == {100.0}
     for r in res.values():
         assert r["b32_posts_per_s"] > 0 and r["batch_flip_rate"] == 0.0
+
+
+def test_routing_bench_smoke(tmp_path: Path) -> None:
+    """One row per roster size, with positive timings and the per-post / compiled-once ratio."""
+    from benchmarks import routing
+
+    out = tmp_path / "r.json"
+    assert routing.main(["--sizes", "3", "30", "--posts", "20", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"3", "30"}
+    for r in res.values():
+        assert r["compiled_once_us_per_post"] > 0 and r["compile_us"] > 0
+        assert r["speedup"] > 0

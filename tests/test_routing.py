@@ -376,3 +376,71 @@ def test_deterministic_and_independent_of_roster_order() -> None:
     ]
     first = rank(roster)
     assert rank(list(reversed(roster))) == first == rank(roster)
+
+
+def test_a_compiled_roster_reused_across_posts_ranks_each_as_rank_agents_does():
+    """Scoring a request compiles the roster once and ranks every post against it; the
+    per-topic and per-filter arrays it keeps must not carry one post's answer into the next."""
+    from serving.routing import Roster
+
+    agents = [
+        agent("a", skills={TOPIC: 0.9, "bad_flight": 0.2}, csat={TOPIC: 0.95}, work_group="vip"),
+        agent("b", skills={TOPIC: 0.5, "lost_luggage": 0.9}, languages=["fr"]),
+        agent("c", skills={"lost_luggage": 0.7}, status=AgentStatus.away, caseload=3),
+        agent("d", skills={TOPIC: 0.6}, first_response_minutes={TOPIC: 5.0}, capacity=2),
+        agent("e", skills={TOPIC: 1.0}, status=AgentStatus.offline),
+    ]
+    posts = [
+        {"topic": TOPIC, "topic_confidence": 0.95, "p_negative": 0.1, "priority": _prio()},
+        {"topic": "lost_luggage", "topic_confidence": 0.3, "p_negative": 0.2, "priority": _prio()},
+        {"topic": TOPIC, "topic_confidence": 0.9, "p_negative": 0.95, "priority": _prio("P1", 90)},
+        {"topic": "unseen_topic", "topic_confidence": 0.2, "p_negative": 0.5, "priority": _prio()},
+        {
+            "topic": TOPIC,
+            "topic_confidence": 0.9,
+            "p_negative": 0.1,
+            "priority": _prio(),
+            "language": "fr",
+        },
+        {
+            "topic": TOPIC,
+            "topic_confidence": 0.9,
+            "p_negative": 0.1,
+            "priority": _prio(),
+            "work_group": "vip",
+        },
+        {
+            "topic": TOPIC,
+            "topic_confidence": 0.95,
+            "p_negative": 0.1,
+            "priority": _prio(),
+            "top_k": 1,
+        },
+    ]
+    roster = Roster(agents, _default())
+    answers = [roster.rank(**post) for post in posts]
+    assert answers == [rank_agents(agents=agents, policy=_default(), **post) for post in posts]
+    assert len({tuple(ids(a)) for a in answers}) > 3, "the posts are routed differently"
+
+
+def test_over_full_agents_with_a_fractional_capacity_weight_raise_no_warning():
+    import warnings
+
+    pol = _policy(weights={**_default().weights.model_dump(), "capacity": 0.5})
+    team = [agent("over", caseload=12, capacity=10), agent("ok", caseload=1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ids(rank(team, policy=pol)) == ["ok"]
+
+
+def test_the_compiled_roster_is_kept_for_one_snapshot_and_policy_only():
+    from starlette.datastructures import State
+
+    from serving.routers.score import compiled_roster
+
+    state, snapshot = State(), (agent("a"), agent("b"))
+    first = compiled_roster(state, snapshot, _default())
+    assert compiled_roster(state, snapshot, _default()) is first
+    assert compiled_roster(state, (agent("a"),), _default()) is not first, "a new snapshot"
+    other = _policy(away_factor=0.0)
+    assert compiled_roster(state, state.compiled_roster.source, other).policy is other

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Sequence
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from features.schema import TASK_NAMES, LabelSchema
 from serving import priority, routing
@@ -48,10 +49,11 @@ def build_results(
     probs: dict[str, np.ndarray],
     schema: LabelSchema,
     policy: priority.Policy,
-    agents: Sequence[Agent],
+    roster: routing.Roster,
     settings: Settings,
 ) -> list[ScoreResult]:
-    """Pure assembly of the response from model outputs, policy and roster (unit-testable)."""
+    """Pure assembly of the response from model outputs, policy and the roster compiled for
+    its routing policy (unit-testable)."""
     actionability = schema.task("actionability")
     positive = [actionability.index(lab) for lab in actionability.positive_labels]
     negative_labels = schema.task("sentiment").positive_labels
@@ -66,13 +68,11 @@ def build_results(
             post, preds["topic"], preds["sentiment"], p_actionable, negative_labels
         )
         prio = priority.prioritize(signals, policy.priority)
-        matches = routing.rank_agents(
+        matches = roster.rank(
             topic=preds["topic"].label,
             topic_confidence=signals.topic_confidence,
             p_negative=signals.p_negative,
             priority=prio,
-            agents=agents,
-            policy=policy.routing,
         )
         results.append(
             ScoreResult(
@@ -91,6 +91,18 @@ def build_results(
     return results
 
 
+def compiled_roster(
+    state: State, agents: Sequence[Agent], policy: routing.RoutingPolicy
+) -> routing.Roster:
+    """The roster snapshot compiled for routing, kept in the app state while the store hands
+    out the same snapshot (compiling costs a pass over every agent; ranking a post then costs
+    array operations only)."""
+    cached: routing.Roster | None = getattr(state, "compiled_roster", None)
+    if cached is None or cached.source is not agents or cached.policy is not policy:
+        cached = state.compiled_roster = routing.Roster(agents, policy)
+    return cached
+
+
 @router.post(
     "/score",
     response_model=ScoreResponse,
@@ -98,6 +110,7 @@ def build_results(
     summary="Score, prioritize and route posts",
 )
 async def score(
+    request: Request,
     body: ScoreRequest,
     batcher: BatcherDep,
     store: StoreDep,
@@ -115,7 +128,8 @@ async def score(
         )
     else:
         probs = await batcher.submit(texts)
-    args = (body, probs, bundle.schema_, policy, agents, settings)
+    roster = compiled_roster(request.app.state, agents, policy.routing)
+    args = (body, probs, bundle.schema_, policy, roster, settings)
     if len(texts) <= INLINE_RESULT_POSTS:
         results = build_results(*args)
     else:
