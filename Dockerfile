@@ -20,6 +20,6 @@ ENV CARETRIAGE_MODEL_DIR=/app/models/caretriage-minilm \
     CARETRIAGE_PORT=8000 \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"
+# /readyz at CARETRIAGE_PORT, whatever port the container is given.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 CMD ["caretriage", "health"]
 CMD ["caretriage", "serve"]

@@ -119,6 +119,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_health(args) -> int:
+    from serving.cli import probe, ready_url
+
+    try:
+        url = args.url or ready_url()
+    except ValueError as e:
+        raise SystemExit(f"caretriage: CARETRIAGE_PORT: {e}") from e
+    ok, detail = probe(url, args.timeout)
+    print(detail)
+    return 0 if ok else 1
+
+
 def cmd_keygen(args) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -177,6 +189,13 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--folds", help="comma-separated folds (default all ten)")
     v.add_argument("--out", help="write the summary JSON here")
     v.set_defaults(fn=cmd_evaluate)
+
+    h = sub.add_parser(
+        "health", help="exit 0 if the local server is ready (for container health checks)"
+    )
+    h.add_argument("--url", help="default: /readyz on 127.0.0.1 at CARETRIAGE_PORT")
+    h.add_argument("--timeout", type=float, default=2.0)
+    h.set_defaults(fn=cmd_health)
 
     k = sub.add_parser("keygen", help="print a new random API key")
     k.set_defaults(fn=cmd_keygen)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import urllib.error
+import urllib.request
 
 from serving.settings import Settings, SettingsError
 
@@ -23,6 +26,26 @@ def check(settings: Settings) -> None:
         load_policy(settings.policy_file)
     except (BundleError, PolicyError, ValidationError) as e:
         raise SystemExit(f"caretriage: cannot serve: {e}") from e
+
+
+def ready_url(environ: dict[str, str] | None = None) -> str:
+    """The ``/readyz`` of the server this environment configures (``CARETRIAGE_PORT``), on
+    loopback: a server bound to 0.0.0.0 in a container answers there too."""
+    env = os.environ if environ is None else environ
+    port = int(env.get("CARETRIAGE_PORT") or Settings.model_fields["port"].default)
+    return f"http://127.0.0.1:{port}/readyz"
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether the server at ``url`` says it is ready (200), and what it said. For container
+    health checks: any other status, or no answer, is not ready."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200, f"{r.status} {r.read(500).decode(errors='replace')}"
+    except urllib.error.HTTPError as e:
+        return False, f"{e.code} {e.read(500).decode(errors='replace')}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"no answer from {url}: {getattr(e, 'reason', e)}"
 
 
 def _configure_logging(level: str) -> None:

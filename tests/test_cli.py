@@ -1,0 +1,70 @@
+"""The command line's own behaviour: the container health probe."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from caretriage_cli import main
+from serving.cli import probe, ready_url
+
+
+@contextmanager
+def readyz(status: int) -> Iterator[str]:
+    """A throw-away server whose /readyz answers ``status``; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "%d"}' % status
+            self.send_response(status if self.path == "/readyz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/readyz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "ready"), [(200, True), (503, False), (500, False)])
+def test_probe_is_ready_only_on_200(status, ready):
+    with readyz(status) as url:
+        ok, detail = probe(url)
+    assert ok is ready and detail.startswith(str(status))
+
+
+def test_probe_without_a_server_is_not_ready():
+    with readyz(200) as url:
+        pass  # the port is closed again
+    ok, detail = probe(url, timeout=1.0)
+    assert not ok and "no answer" in detail
+
+
+def test_ready_url_follows_the_configured_port():
+    assert ready_url({"CARETRIAGE_PORT": "18000"}) == "http://127.0.0.1:18000/readyz"
+    assert ready_url({}) == "http://127.0.0.1:8000/readyz", "the Settings default"
+
+
+def test_health_command_exit_code_and_port_from_the_environment(monkeypatch, capsys):
+    with readyz(200) as url:
+        port = url.split(":")[2].split("/")[0]
+        monkeypatch.setenv("CARETRIAGE_PORT", port)
+        assert main(["health"]) == 0
+    with readyz(503) as url:
+        assert main(["health", "--url", url]) == 1
+    assert "503" in capsys.readouterr().out
+    monkeypatch.setenv("CARETRIAGE_PORT", "not-a-port")
+    with pytest.raises(SystemExit, match="CARETRIAGE_PORT"):
+        main(["health"])
