@@ -177,9 +177,10 @@ class Roster:
         # Full agents are never chosen; clipping keeps their (unused) factor a number.
         spare = np.clip((capacity - caseload) / capacity, 0.0, None)
         self._spare_factor = spare**policy.weights.capacity
-        self._id_order = np.argsort(np.array(self.ids, dtype=object), kind="stable")
+        # Each agent's place in id order, the tie-breaker between equal scores.
+        by_id = np.argsort(np.array(self.ids, dtype=object), kind="stable")
         self._tie_rank = np.empty(len(self.agents), dtype=np.int64)
-        self._tie_rank[self._id_order] = np.arange(len(self.agents))
+        self._tie_rank[by_id] = np.arange(len(self.agents))
         self._factors: dict[str, _TopicFactors] = {}
         self._filters: dict[tuple[str | None, str | None], np.ndarray] = {}
 

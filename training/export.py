@@ -242,7 +242,7 @@ def gather_before_dequantize(path: Path) -> list[str]:
         and n.input[0] in inits
         and all(i in inits for i in n.input[1:] if i)
     }
-    rewrites: dict[str, tuple] = {}  # EmbedLayerNormalization name -> (its DQ node)
+    rewrites: dict[str, onnx.NodeProto] = {}  # EmbedLayerNormalization name -> its DQ node
     for n in g.node:
         if n.op_type != "EmbedLayerNormalization" or len(n.input) < 3:
             continue
@@ -290,7 +290,7 @@ def gather_before_dequantize(path: Path) -> list[str]:
             dq_attrs["block_size"] = attrs["block_size"]
         nodes += [
             helper.make_node("DequantizeLinear", dq_inputs, [p + "rows"], p + "rows", **dq_attrs),
-            helper.make_node("Reshape", [p + "rows", "_gdq_table"], [p + "table"], p + "table"),
+            helper.make_node("Reshape", [p + "rows", p + "width"], [p + "table"], p + "table"),
             helper.make_node("Shape", [ids], [p + "shape"], p + "shape"),
             helper.make_node("ReduceProd", [p + "shape"], [p + "count"], p + "count", keepdims=0),
             helper.make_node("Range", ["_gdq_zero", p + "count", "_gdq_one"], [p + "at"], p + "at"),
@@ -300,10 +300,10 @@ def gather_before_dequantize(path: Path) -> list[str]:
         n.input[0], n.input[2] = p + "ids", p + "table"
         nodes.append(n)
         done.append(n.name)
-    width = numpy_helper.to_array(next(i for i in g.initializer if i.name == w8)).shape[1]
+        width = next(i for i in g.initializer if i.name == w8).dims[1]
+        g.initializer.append(numpy_helper.from_array(np.array([-1, width], np.int64), p + "width"))
     g.initializer.extend(
         [
-            numpy_helper.from_array(np.array([-1, width], np.int64), "_gdq_table"),
             numpy_helper.from_array(np.array(0, np.int64), "_gdq_zero"),
             numpy_helper.from_array(np.array(1, np.int64), "_gdq_one"),
         ]
