@@ -137,6 +137,10 @@ def _skill_sum(agent: Agent) -> float:
     return sum(agent.skills[t] for t in sorted(agent.skills))
 
 
+# Distinct (language, work group) filters a compiled roster remembers; more are computed per call.
+_MAX_CACHED_FILTERS = 64
+
+
 @dataclass(frozen=True)
 class _TopicFactors:
     """What a topic's score needs from each agent, computed once per roster and topic."""
@@ -216,7 +220,8 @@ class Roster:
                 ],
                 dtype=bool,
             )
-            self._filters[(language, work_group)] = got
+            if len(self._filters) < _MAX_CACHED_FILTERS:  # filters may come from requests
+                self._filters[(language, work_group)] = got
         return got
 
     def rank(
