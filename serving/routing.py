@@ -111,23 +111,15 @@ def _speaks(agent: Agent, language: str) -> bool:
     return False
 
 
-def _skill(
-    agent: Agent,
-    topic: str,
-    topics: Sequence[str],
-    confidence: float,
-    policy: RoutingPolicy,
-) -> tuple[float, str]:
-    """The agent's skill for the post and the reason that says so (the scalar form of what
-    ``Roster.rank`` computes for every agent at once)."""
-    own = agent.skills.get(topic, 0.0)
-    if policy.generalist_below <= 0 or confidence >= policy.generalist_below:
-        return own, f"skill {topic} {own:.2f}"
-    trust = confidence / policy.generalist_below
-    general = _skill_sum(agent) / len(topics)
-    blended = trust * own + (1 - trust) * general
-    return blended, (
-        f"skill {blended:.2f} = {topic} {own:.2f} blended with general {general:.2f} "
+def _skill_reason(
+    topic: str, own: float, skill: float, general: float | None, confidence: float
+) -> str:
+    """Why the agent's skill for the post is ``skill``: its own on the topic or, with
+    ``general`` given, the blend that ``Roster.rank`` computed."""
+    if general is None:
+        return f"skill {topic} {own:.2f}"
+    return (
+        f"skill {skill:.2f} = {topic} {own:.2f} blended with general {general:.2f} "
         f"(topic confidence {confidence:.2f})"
     )
 
@@ -250,11 +242,13 @@ class Roster:
         f = self._topic(topic)
         topics = self.topics if topic in self.topics else sorted([*self.topics, topic])
         gb = policy.generalist_below
+        general = None
         if gb <= 0 or topic_confidence >= gb:
             skill = f.own
         else:
             trust = topic_confidence / gb
-            skill = trust * f.own + (1 - trust) * (self._skill_sum / len(topics))
+            general = self._skill_sum / len(topics)
+            skill = trust * f.own + (1 - trust) * general
         keep = self._available & (skill > policy.min_skill)
         if language is not None or work_group is not None:
             keep &= self._filter(language, work_group)
@@ -281,7 +275,19 @@ class Roster:
             AgentMatch(
                 id=self.ids[i],
                 score=round(float(score[j]), 4),
-                reasons=_reasons(self.agents[i], topic, topics, topic_confidence, policy, escalate),
+                reasons=_reasons(
+                    self.agents[i],
+                    topic,
+                    _skill_reason(
+                        topic,
+                        float(f.own[i]),
+                        float(skill[i]),
+                        None if general is None else float(general[i]),
+                        topic_confidence,
+                    ),
+                    policy,
+                    escalate,
+                ),
             )
             for j, i in ((int(j), int(chosen[j])) for j in order)
         ]
@@ -313,17 +319,12 @@ def rank_agents(
 
 
 def _reasons(
-    a: Agent,
-    topic: str,
-    topics: Sequence[str],
-    confidence: float,
-    policy: RoutingPolicy,
-    escalate: bool,
+    a: Agent, topic: str, skill_reason: str, policy: RoutingPolicy, escalate: bool
 ) -> list[str]:
-    """Each factor of the agent's score, in the order ``rank_agents`` multiplies them."""
+    """Each factor of the agent's score, in the order ``Roster.rank`` multiplies them."""
     w, esc = policy.weights, policy.escalation
     reasons = [
-        _skill(a, topic, topics, confidence, policy)[1],
+        skill_reason,
         f"spare capacity {a.capacity - a.caseload}/{a.capacity}",
     ]
     csat = a.csat.get(topic)
