@@ -15,39 +15,71 @@ from training.pipeline import run
 log = logging.getLogger(__name__)
 
 
+def _study_key(cfg: TrainConfig) -> dict:
+    """What makes two folds' results comparable: the whole config but the fold choice and
+    where things run or are written."""
+    d = cfg.model_dump(
+        mode="json", exclude={"output_dir", "threads", "tracking_uri", "register_model"}
+    )
+    d["data"].pop("complaints_test_fold", None)
+    return d
+
+
+def _summary(cfg: TrainConfig, per_fold: dict[int, dict], kept: dict[int, str | None]) -> dict:
+    keys = next(iter(per_fold.values())).keys()
+    return {
+        "folds": {str(k): per_fold[k] for k in sorted(per_fold)},
+        "mean": {k: round(float(np.mean([f[k] for f in per_fold.values()])), 2) for k in keys},
+        "std": {k: round(float(np.std([f[k] for f in per_fold.values()])), 2) for k in keys},
+        "tasks": cfg.data.tasks,
+        "weights_kept": {str(k): kept[k] for k in sorted(kept)},
+        "validation": "the fold after the test fold"
+        if cfg.data.complaints_val_fold == "next"
+        else str(cfg.data.complaints_val_fold),
+        "config": _study_key(cfg),
+    }
+
+
 def cross_validate(
     cfg: TrainConfig, folds: list[int] | None = None, out: Path | None = None
 ) -> dict:
     """For each fold k: test on k, validate on the next fold (unless validation is off), train
     on the rest; mean and spread of the complaint-vs-rest macro-F1 (the published figure) and of
-    the other actionability metrics, and which weights validation kept per fold."""
+    the other actionability metrics, and which weights validation kept per fold.
+
+    With ``out``, the file is rewritten after every fold with every fold done so far, and folds
+    already in it from the same config are reused: a multi-task CV takes two hours on two
+    cores, and an interrupted one resumes where it stopped instead of starting over. The
+    summary returned covers ``folds`` only."""
+    cfg = cfg.model_copy(deep=True)
+    if isinstance(cfg.data.complaints_val_fold, int):  # an explicit fold would collide
+        cfg.data.complaints_val_fold = "next"
     per_fold: dict[int, dict[str, float]] = {}
     kept: dict[int, str | None] = {}
-    for k in folds if folds is not None else range(10):
+    wanted = folds if folds is not None else list(range(10))
+    if out and out.is_file():
+        prev = json.loads(out.read_text())
+        if prev.get("config") == _study_key(cfg):
+            for k, v in prev.get("folds", {}).items():
+                per_fold[int(k)] = v
+                kept[int(k)] = prev.get("weights_kept", {}).get(k)
+            log.info("resuming %s: folds %s already done", out, sorted(per_fold))
+        else:
+            log.warning("%s holds another config's folds; they are replaced", out)
+    for k in wanted:
+        if k in per_fold:
+            continue
         c = cfg.model_copy(deep=True)
         c.data.complaints_test_fold = k
-        if isinstance(c.data.complaints_val_fold, int):  # an explicit fold would collide
-            c.data.complaints_val_fold = "next"
         c.register_model = False
         res = run(c, export=False)
         per_fold[k] = dict(res.metrics["actionability"])
         kept[k] = res.selected
         log.info("fold %d: %s", k, per_fold[k])
-    keys = next(iter(per_fold.values())).keys()
-    summary = {
-        "folds": per_fold,
-        "mean": {k: round(float(np.mean([f[k] for f in per_fold.values()])), 2) for k in keys},
-        "std": {k: round(float(np.std([f[k] for f in per_fold.values()])), 2) for k in keys},
-        "tasks": cfg.data.tasks,
-        "weights_kept": kept,
-        "validation": "the fold after the test fold"
-        if cfg.data.complaints_val_fold == "next"
-        else str(cfg.data.complaints_val_fold),
-    }
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2))
-    return summary
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(_summary(cfg, per_fold, kept), indent=2))
+    return _summary(cfg, {k: per_fold[k] for k in wanted}, {k: kept.get(k) for k in wanted})
 
 
 def single_task_baselines(
