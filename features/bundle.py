@@ -121,6 +121,9 @@ class BundleMeta(BaseModel):
     # folding turn int8-stored weights back into fp32 once, at load).
     ort_session_config: dict[str, str] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
+    # Lexical experts blended into the graph's logits, per task (informational: the graph
+    # computes them, serving needs nothing more).
+    lexical: dict[str, object] = Field(default_factory=dict)
     # Reference outputs the scorer re-runs at load (absent in bundles from before it existed).
     self_check: SelfCheck | None = None
 

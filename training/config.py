@@ -88,6 +88,28 @@ class DistillConfig(BaseModel):
     temperature: float = Field(default=2.0, gt=0.0)
 
 
+class LexicalConfig(BaseModel):
+    """Lexical experts blended into the exported graph (training.lexical): which tasks may get
+    one, and how it is fitted and chosen."""
+
+    # Topic only by default: on the shipped model an expert lifted topic on validation and test
+    # alike; sentiment's lifted validation but not test, and actionability's raised the share
+    # of random tweets flagged actionable past 10% (README, "Lexical experts").
+    tasks: list[Literal["topic", "sentiment", "actionability"]] = Field(
+        default_factory=lambda: ["topic"]
+    )
+    # A piece is a feature when at least this many training rows of the task contain it.
+    min_df: int = Field(default=2, ge=1)
+    # Inverse regularization strengths tried, each with every blend weight, on validation.
+    c_grid: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
+    weight_grid: list[float] = Field(
+        default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 21)]
+    )
+    # The expert is kept only if it lifts the task's validation macro-F1 by this many points.
+    min_gain: float = Field(default=0.3, ge=0.0)
+    class_weight: Literal["balanced"] | None = "balanced"
+
+
 class TrainConfig(BaseModel):
     name: str = "caretriage-minilm"
     base_model: str = Field(default_factory=default_base_model)
@@ -120,6 +142,8 @@ class TrainConfig(BaseModel):
         default_factory=lambda: {"topic": "sqrt_inv"}
     )
     distill: DistillConfig | None = None
+    # Per-task TF-IDF experts blended into the exported graph (None: the transformer alone).
+    lexical: LexicalConfig | None = Field(default_factory=LexicalConfig)
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
     output_dir: Path = REPO_ROOT / "artifacts" / "train"
     tracking_uri: str = Field(

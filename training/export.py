@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 from features.bundle import BundleMeta, SelfCheck, host_summary, int8_session_config, write_meta
 from features.schema import LabelSchema
 from features.text import DEFAULT_NORMALIZER, normalize_text
-from training.evaluate import Logits, Predictor, eval_sets, evaluate
+from training.config import LexicalConfig
+from training.evaluate import Logits, Predictor, eval_sets, evaluate, fit_temperature
+from training.lexical import LexicalExperts, add_to_graph, fit_experts, log_softmax, piece_ids
 from training.model import ExportWrapper, MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class ExportReport:
     bundle_mb: float
     passed: bool
     failures: list[str] = field(default_factory=list)
+    lexical: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -1070,12 +1073,17 @@ def build_bundle(
     torch_predict: Predictor | None = None,
     strict: bool = True,
     normalizer: str = DEFAULT_NORMALIZER,
+    lexical: LexicalConfig | None = None,
 ) -> ExportReport:
     """Export, optimize, quantize and check; write the bundle to ``out`` only if it passes.
 
     A failed check raises ExportCheckFailed when ``strict``; otherwise the bundle is written
     with the failures recorded (report, bundle.json) and the caller decides. ``corpus`` texts
     are already normalized; ``normalizer`` names how, so serving normalizes posts the same way.
+    With ``lexical``, tasks whose validation macro-F1 a lexical expert lifts get one blended
+    into the graph (training.lexical) after the PyTorch parity check, and their temperatures
+    are refitted on the blended validation logits; every later check and metric is of the
+    blended graph, and the blend itself is checked against its NumPy reference.
     """
     gate = gate or ExportGate()
     cfg = model.encoder.config
@@ -1098,12 +1106,30 @@ def build_bundle(
         diff = max(float(np.abs(a[t] - b[t]).max()) for t in schema.names)
         log.info("fp32 ONNX vs PyTorch: max |logit diff| = %.2e", diff)
 
-        fp32_metrics, fp32_logits = evaluate(ort32, schema, corpus, "test")
         failures: list[str] = []
         if diff > gate.fp32_max_abs_diff:
             failures.append(
                 f"fp32 ONNX differs from PyTorch by {diff:.2e} > {gate.fp32_max_abs_diff}"
             )
+        experts = None
+        if lexical is not None:
+            experts = fit_lexical(corpus, tokenizer, schema, max_length, ort32, lexical)
+        if experts is not None:
+            add_to_graph(fp32_fast, experts, output_names(schema))
+            ort32 = ort_predictor(session(fp32_fast), tokenizer, schema, max_length)
+            blend_diff = lexical_parity(experts, tokenizer, max_length, sample, b, ort32)
+            log.info("lexical blend vs its reference: max |logit diff| = %.2e", blend_diff)
+            if blend_diff > gate.fp32_max_abs_diff:
+                failures.append(
+                    f"the lexical blend differs from its reference by {blend_diff:.2e}"
+                    f" > {gate.fp32_max_abs_diff}"
+                )
+            temperatures = dict(temperatures)
+            for task, (texts, gold, _) in eval_sets(corpus, "val").items():
+                if task in experts.tasks and texts:
+                    temperatures[task] = fit_temperature(ort32(texts)[task], gold)
+
+        fp32_metrics, fp32_logits = evaluate(ort32, schema, corpus, "test")
 
         quant: dict[str, object] = {"method": "none"}
         final = fp32_fast
@@ -1120,6 +1146,8 @@ def build_bundle(
                 gate.recipes,
                 work,
             )
+            if experts is not None:
+                add_to_graph(final, experts, output_names(schema))
             ort8 = ort_predictor(session(final), tokenizer, schema, max_length)
             int8_metrics, int8_logits = evaluate(ort8, schema, corpus, "test")
             agree = agreement(fp32_logits, int8_logits)
@@ -1174,6 +1202,7 @@ def build_bundle(
             quantization=quant | {"fp32_metrics": fp32_metrics, "int8_agreement": agree},
             ort_session_config=SESSION_CONFIG,
             training=training or {},
+            lexical=experts.summary() if experts is not None else {},
             self_check=self_check(final, tokenizer, schema, max_length, normalizer),
         )
         write_meta(stage, meta)
@@ -1184,7 +1213,15 @@ def build_bundle(
             meta.quantization["gate_failures"] = failures
             write_meta(stage, meta)
         report = ExportReport(
-            diff, agree, fp32_metrics, int8_metrics, quant, round(mb, 2), not failures, failures
+            diff,
+            agree,
+            fp32_metrics,
+            int8_metrics,
+            quant,
+            round(mb, 2),
+            not failures,
+            failures,
+            experts.summary() if experts is not None else {},
         )
         (stage / "export_report.json").write_text(
             json.dumps(report.to_dict(), indent=2, default=str)
@@ -1198,6 +1235,47 @@ def build_bundle(
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fit_lexical(
+    corpus, tokenizer, schema: LabelSchema, max_length: int, predict: Predictor, cfg: LexicalConfig
+) -> LexicalExperts | None:
+    """Lexical experts for ``cfg.tasks`` from the training rows, each blend chosen on the
+    validation rows against the transformer's logits there (``predict``)."""
+    train = corpus["train"]
+    rows: dict[str, tuple[list[list[int]], list[int]]] = {}
+    for task in cfg.tasks:
+        pairs = [(t, y) for t, y in zip(train["text"], train[task], strict=True) if y >= 0]
+        if pairs:
+            texts = [t for t, _ in pairs]
+            rows[task] = (piece_ids(tokenizer, texts, max_length), [y for _, y in pairs])
+    val = {
+        task: (piece_ids(tokenizer, texts, max_length), gold, predict(texts)[task])
+        for task, (texts, gold, _) in eval_sets(corpus, "val").items()
+        if task in rows and texts
+    }
+    sizes = {t.name: len(t.labels) for t in schema.tasks}
+    experts = fit_experts(rows, val, sizes, cfg)
+    log.info("lexical experts: %s", experts.summary() if experts else "none earned a place")
+    return experts
+
+
+def lexical_parity(
+    experts: LexicalExperts,
+    tokenizer,
+    max_length: int,
+    texts: Sequence[str],
+    before: Logits,
+    after: Predictor,
+) -> float:
+    """Max |blended graph - (graph before + w * log_softmax(reference expert logits))|."""
+    blended = after(texts)
+    docs = piece_ids(tokenizer, texts, max_length)
+    worst = 0.0
+    for task, e in experts.tasks.items():
+        ref = before[task] + e.weight * log_softmax(experts.logits(task, docs))
+        worst = max(worst, float(np.abs(blended[task] - ref).max()))
+    return worst
 
 
 def self_check(

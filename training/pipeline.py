@@ -160,6 +160,7 @@ def export_and_register(
         precision=precision,
         strict=False,
         normalizer=cfg.data.normalizer,
+        lexical=cfg.lexical,
     )
     mlflow.log_dict(report.to_dict(), "export/report.json")
     mlflow.log_metrics(
@@ -318,6 +319,15 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         f"`{n}`" for n in report.quantization.get("fp32_compute_int8_weights") or []
     )
     fp32_nodes = fp32_nodes or "none"
+    lexical = ""
+    for task, e in (b.meta.lexical.get("tasks") or {}).items():  # type: ignore[union-attr]
+        lexical += (
+            f"\n- {task}: the graph adds {e['weight']:g} x the log-probabilities of a TF-IDF"
+            f" logistic regression over the encoder's word pieces (C {e['C']:g},"
+            f" {b.meta.lexical.get('features')} features) to the transformer's logits:"
+            f" validation macro-F1 {e['val_macro_f1_without']} without, {e['val_macro_f1_with']}"
+            " with (the blend weight was chosen on those rows)."
+        )
     card = f"""# {b.meta.name} ({b.meta.version})
 
 A multi-task classifier for social customer care: one encoder pass yields **topic**,
@@ -336,7 +346,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   dequantized).
 - Max length: {b.meta.max_length} tokens; text normalizer `{b.meta.normalizer}`:
   {(NORMALIZERS[b.meta.normalizer].__doc__ or "").strip()}
-- Calibrated softmax temperatures (validation): {b.meta.temperatures}.
+- Calibrated softmax temperatures (validation): {b.meta.temperatures}.{lexical}
 
 ## Labels
 {labels}
