@@ -188,6 +188,9 @@ class ModelInfo(BaseModel):
     tasks: dict[str, list[str]]
     abstain_below: dict[str, float]
     metrics: dict[str, dict[str, float]]
+    # Tasks whose logits the graph blends with a lexical expert, and with what weight and
+    # validation gain (empty: the transformer alone).
+    lexical: dict[str, object] = Field(default_factory=dict)
     # None for a bundle that records no self-check.
     self_check: SelfCheckResult | None = None
 

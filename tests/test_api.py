@@ -301,6 +301,7 @@ def test_model_info_reflects_the_bundle(client, onnx_bundle):
     assert info["tasks"] == {t.name: t.labels for t in bundle.schema_.tasks}
     assert info["abstain_below"] == {"topic": 0.5, "sentiment": 0.5, "actionability": 0.5}
     assert info["metrics"] == bundle.meta.metrics
+    assert info["lexical"] == bundle.meta.lexical
     assert "self_check" in info and info["self_check"] is None  # this bundle records none
 
 

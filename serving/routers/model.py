@@ -26,5 +26,6 @@ def model_info(bundle: BundleDep, batcher: BatcherDep, settings: SettingsDep) ->
         tasks=tasks,
         abstain_below={t: settings.abstain_below.get(t, 0.0) for t in tasks},
         metrics=meta.metrics,
+        lexical=meta.lexical,
         self_check=batcher.scorer.self_check,
     )
