@@ -76,7 +76,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from training.export import RECIPES
     from training.pipeline import export_checkpoint
+
+    unknown = [r for r in args.recipe or () if r not in RECIPES]
+    if unknown:
+        raise SystemExit(f"caretriage export: unknown --recipe {unknown}; known: {list(RECIPES)}")
 
     registry, shipped, out = export_checkpoint(
         Path(args.checkpoint),
@@ -84,6 +89,7 @@ def cmd_export(args) -> int:
         precision=args.precision,
         allow_export_failures=args.allow_export_failures,
         register=not args.no_register,
+        recipes=tuple(args.recipe) if args.recipe else None,
     )
     report = json.loads((out / "export_report.json").read_text())
     print(
@@ -176,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="the served bundle folder to replace when every gate passes")
     e.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     e.add_argument("--no-register", action="store_true")
+    e.add_argument(
+        "--recipe",
+        action="append",
+        metavar="NAME",
+        help="int8 recipes to try, in order (repeatable; default: the export gate's list). The"
+        " first reaching the validation margin is kept, else the best; the test checks still"
+        " gate the bundle",
+    )
     e.add_argument(
         "--allow-export-failures",
         action="store_true",

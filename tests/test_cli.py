@@ -1,4 +1,4 @@
-"""The command line's own behaviour: the container health probe."""
+"""The command line's own behaviour: the container health probe, the export options."""
 
 from __future__ import annotations
 
@@ -68,3 +68,36 @@ def test_health_command_exit_code_and_port_from_the_environment(monkeypatch, cap
     monkeypatch.setenv("CARETRIAGE_PORT", "not-a-port")
     with pytest.raises(SystemExit, match="CARETRIAGE_PORT"):
         main(["health"])
+
+
+def test_export_refuses_an_unknown_recipe_by_name(tmp_path, monkeypatch):
+    """Checked before the checkpoint is read: a typo must not cost a calibration run."""
+    pytest.importorskip("torch")
+    import training.pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("export ran")
+
+    monkeypatch.setattr(training.pipeline, "export_checkpoint", never)
+    with pytest.raises(SystemExit, match=r"unknown --recipe \['int8_fast'\].*int8_per_token"):
+        main(["export", "--checkpoint", str(tmp_path), "--recipe", "int8_fast"])
+
+
+def test_export_passes_the_recipes_in_order(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import json
+
+    import training.pipeline
+
+    seen = {}
+
+    def fake(checkpoint, out, **kw):
+        seen.update(kw)
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "export_report.json").write_text(json.dumps({"passed": True}))
+        return None, False, tmp_path / "b"
+
+    monkeypatch.setattr(training.pipeline, "export_checkpoint", fake)
+    argv = ["export", "--checkpoint", str(tmp_path), "--recipe", "int8_per_token_smooth_qkv"]
+    assert main([*argv, "--recipe", "int8_weights"]) == 0
+    assert seen["recipes"] == ("int8_per_token_smooth_qkv", "int8_weights")

@@ -75,3 +75,16 @@ def test_folds_of_another_config_are_not_reused(calls, tmp_path):
     assert [k for k, _, _ in calls] == [0]
     assert json.loads(out.read_text())["config"]["epochs"] == 6
     assert res["folds"] == {"0": {"f1": 80.0}}
+
+
+def test_export_only_settings_do_not_invalidate_saved_folds(calls, tmp_path):
+    """A CV never exports, so lexical-expert settings leave its saved folds valid."""
+    from training.config import LexicalConfig
+
+    out = tmp_path / "cv.json"
+    studies.cross_validate(_cfg(), folds=[0], out=out)
+    calls.clear()
+    studies.cross_validate(_cfg(lexical=LexicalConfig(tasks=["sentiment"])), folds=[0], out=out)
+    assert calls == []
+    studies.cross_validate(_cfg(lexical=None, seed=1), folds=[0], out=out)
+    assert [k for k, _, _ in calls] == [0]  # the seed does change what a fold trains

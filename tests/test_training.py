@@ -682,3 +682,27 @@ def test_centred_rms_layer_norms_replace_layer_norms_exactly(tiny_model, tmp_pat
     for a, b in zip(session(fp32).run(None, batch), session(fast).run(None, batch), strict=True):
         assert a.shape == b.shape
         assert np.abs(a - b).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("topic_agreement", "says"),
+    [(99.5, "chosen on validation agreement"), (99.1, "under the 99.3% validation margin")],
+)
+def test_model_card_says_when_the_recipe_missed_the_validation_margin(
+    tiny_bundle, tmp_path, topic_agreement, says
+):
+    """A recipe forced with ``caretriage export --recipe`` may ship under the margin (the test
+    checks still gate it); the card must not claim it was chosen by that margin."""
+    import shutil
+
+    from training.export import ExportReport
+    from training.pipeline import write_model_card
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    meta = read_bundle(b).meta
+    agree = {"topic": topic_agreement, "sentiment": 99.9, "actionability": 100.0}
+    quant = {"recipe": "r", "validation_agreement": {"r": agree}, "validation_target": 99.3}
+    report = ExportReport(0.0, agree, meta.metrics, meta.metrics, quant, 1.0, True)
+    write_model_card(b, TrainConfig(tiny=True, base_model="unused"), meta.metrics, report)
+    assert says in (b / "MODEL_CARD.md").read_text()

@@ -1163,6 +1163,7 @@ def build_bundle(
                 "recipe": recipe,
                 "fp32_compute_int8_weights": fp32_nodes,
                 "validation_agreement": val_agree,
+                "validation_target": gate.int8_min_agreement + gate.choose_margin,
             }
             for t, v in agree.items():
                 if v < gate.int8_min_agreement:

@@ -204,9 +204,11 @@ def export_checkpoint(
     precision: str = "int8",
     allow_export_failures: bool = False,
     register: bool = True,
+    recipes: tuple[str, ...] | None = None,
 ) -> tuple[dict | None, bool, Path]:
     """Re-export a saved training checkpoint, logging into its own MLflow run when the
-    checkpoint folder is named after one (as ``caretriage train`` names them)."""
+    checkpoint folder is named after one (as ``caretriage train`` names them). ``recipes``
+    replaces the export gate's list of int8 recipes to try."""
     from training.train import load_checkpoint
 
     offline()
@@ -241,6 +243,7 @@ def export_checkpoint(
             training=training,
             precision=precision,
             allow_export_failures=allow_export_failures,
+            export_gate=ExportGate(recipes=recipes) if recipes else None,
         )
     return registry, shipped, out
 
@@ -319,6 +322,18 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         f"`{n}`" for n in report.quantization.get("fp32_compute_int8_weights") or []
     )
     fp32_nodes = fp32_nodes or "none"
+    q = report.quantization
+    recipe, tried = q.get("recipe"), q.get("validation_agreement") or {}
+    target = (
+        q.get("validation_target") or ExportGate().int8_min_agreement + ExportGate().choose_margin
+    )
+    chosen = "chosen on validation agreement"
+    if recipe in tried and min(tried[recipe].values()) < target:  # type: ignore[union-attr]
+        chosen = (
+            f"kept although under the {target:g}% validation margin, as the only or best recipe"
+            " tried (`caretriage export --recipe`; the test checks below decide); validation"
+            " agreement"
+        )
     lexical = ""
     for task, e in (b.meta.lexical.get("tasks") or {}).items():  # type: ignore[union-attr]
         lexical += (
@@ -339,8 +354,8 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
   weights kept: {training.get("selected") or "last epoch"} (best mean validation macro-F1 of the
   raw and weight-averaged models after each epoch).{distilled}
 - Precision: {b.meta.precision} ({report.quantization.get("method")}); recipe
-  `{report.quantization.get("recipe")}` chosen on validation agreement
-  {report.quantization.get("validation_agreement")}; nodes computed in fp32 from int8 weights:
+  `{recipe}` {chosen}
+  {tried}; nodes computed in fp32 from int8 weights:
   {fp32_nodes}
   (an int8 word-embedding table stays int8 in memory: only the rows of a batch's tokens are
   dequantized).

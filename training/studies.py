@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 
 
 def _study_key(cfg: TrainConfig) -> dict:
-    """What makes two folds' results comparable: the whole config but the fold choice and
-    where things run or are written."""
+    """What makes two folds' results comparable: the whole config but the fold choice, where
+    things run or are written, and what only the export uses (a CV does not export)."""
     d = cfg.model_dump(
-        mode="json", exclude={"output_dir", "threads", "tracking_uri", "register_model"}
+        mode="json",
+        exclude={"output_dir", "threads", "tracking_uri", "register_model", "lexical"},
     )
     d["data"].pop("complaints_test_fold", None)
     return d
