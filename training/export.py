@@ -92,6 +92,11 @@ class ExportGate:
     int8_max_metric_drop: float = 1.0
     max_bundle_mb: float = 25.0
 
+    @property
+    def validation_target(self) -> float:
+        """The validation agreement a recipe needs on every task to be chosen outright."""
+        return self.int8_min_agreement + self.choose_margin
+
 
 @dataclass
 class ExportReport:
@@ -1142,7 +1147,7 @@ def build_bundle(
                 schema,
                 max_length,
                 val_texts,
-                gate.int8_min_agreement + gate.choose_margin,
+                gate.validation_target,
                 gate.recipes,
                 work,
             )
@@ -1163,7 +1168,7 @@ def build_bundle(
                 "recipe": recipe,
                 "fp32_compute_int8_weights": fp32_nodes,
                 "validation_agreement": val_agree,
-                "validation_target": gate.int8_min_agreement + gate.choose_margin,
+                "validation_target": gate.validation_target,
             }
             for t, v in agree.items():
                 if v < gate.int8_min_agreement:

@@ -324,9 +324,7 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
     fp32_nodes = fp32_nodes or "none"
     q = report.quantization
     recipe, tried = q.get("recipe"), q.get("validation_agreement") or {}
-    target = (
-        q.get("validation_target") or ExportGate().int8_min_agreement + ExportGate().choose_margin
-    )
+    target = q.get("validation_target") or ExportGate().validation_target
     chosen = "chosen on validation agreement"
     if recipe in tried and min(tried[recipe].values()) < target:  # type: ignore[union-attr]
         chosen = (
