@@ -518,3 +518,25 @@ def test_small_and_large_requests_answer_alike(client, roster, onnx_bundle):
                 clock = {"respond_by": None, "internal_target": None}  # "now" differs
                 got, want = got | clock, want | clock
             assert got == pytest.approx(want, abs=1e-3) if key == "actionable" else got == want
+
+
+@pytest.mark.parametrize(
+    ("row", "threshold", "label", "confidence", "uncertain"),
+    [
+        ([0.2, 0.7, 0.1], 0.5, "b", 0.7, False),
+        ([0.2, 0.7, 0.1], 0.8, "b", 0.7, True),
+        ([0.5, 0.5, 0.0], 0.0, "a", 0.5, False),  # a tie goes to the first label
+        ([0.123456, 0.0, 0.876544], 0.9, "c", 0.8765, True),  # rounded to 4 places, not before
+    ],
+)
+def test_predictions_per_row(row, threshold, label, confidence, uncertain):
+    """Each row of a batch gets its own argmax, rounded confidence and scores, and flag."""
+    from serving.routers.score import predictions
+
+    labels = ["a", "b", "c"]
+    other = [1.0, 0.0, 0.0]  # a second row, so a mix-up between rows would show
+    got = predictions(labels, np.array([other, row]), threshold)
+    assert [p.label for p in got] == ["a", label]
+    p = got[1]
+    assert (p.confidence, p.uncertain) == (confidence, uncertain)
+    assert p.scores == {lab: round(x, 4) for lab, x in zip(labels, row, strict=True)}
