@@ -3,7 +3,9 @@ on the same posts, compared as ratios (targets are shown, never asserted).
 
 In process: (a) the transformers pipeline in PyTorch fp32 (the baseline), (b) ONNX Runtime fp32
 and (c) int8 behind the export checks' predictor, (d) the serving Scorer. Over HTTP: the real
-server in a subprocess, 8 concurrent single-post clients, then batch-32 requests.
+server in a subprocess, 8 concurrent single-post clients, then batch-32 requests; last, the
+pipeline's batch-32 calls and batch-32 requests taking turns on the same posts, which
+gives the headline ratio (both sides see the same machine, whatever the load does meanwhile).
 
     .venv/bin/python benchmarks/bench.py [--bundle models/caretriage-minilm] [--quick]
 """
@@ -73,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--posts-b1", type=int, default=None, help="posts timed one at a time")
     p.add_argument("--posts-b32", type=int, default=None, help="posts timed in batches of 32")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size")
+    p.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=None,
+        help="alternating slices of pipeline calls and HTTP requests at batch 32 "
+        "(default: one call each, turn about)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -200,9 +209,14 @@ def measure_in_process(
 
 
 def measure_http(
-    args: argparse.Namespace, bundle: Any, texts: list[str], workdir: Path
+    args: argparse.Namespace,
+    bundle: Any,
+    texts: list[str],
+    workdir: Path,
+    baseline: variants.Variant | None = None,
 ) -> dict[str, Any]:
-    """Start the real server, load it over loopback, read its memory; always stop it."""
+    """Start the real server, load it over loopback, read its memory; always stop it. With a
+    ``baseline`` (the pipeline), also time it against the server request by request."""
     topics = bundle.schema_.task("topic").labels
     single_bodies = http_load.score_bodies(texts, 1)
     batch_bodies = http_load.score_bodies(texts, BATCH)
@@ -231,6 +245,11 @@ def measure_http(
             )
             out["batch_32"][name] = _load_summary(res)
             errors[f"batch_32_{name}"] = _errors(res)
+        if baseline is not None and baseline.predict is not None:
+            try:
+                out["batch_32_paired"] = paired_batch_32(args, server, baseline, texts)
+            except RuntimeError as e:
+                errors["batch_32_paired"] = {"failed": str(e).splitlines()[0]}
         out["memory_mb"]["after_load"] = server.memory_mb()
     # Server settings worth comparing, each in a fresh server on the same single-post load.
     out["single_variants"] = {}
@@ -244,6 +263,36 @@ def measure_http(
             errors[f"single_{name}"] = _errors(res)
     out["errors"] = {k: v for k, v in errors.items() if v}
     return out
+
+
+def paired_batch_32(
+    args: argparse.Namespace,
+    server: http_load.Server,
+    baseline: variants.Variant,
+    texts: list[str],
+) -> dict[str, Any]:
+    """The baseline's batch-32 calls and one client's batch-32 requests on the same posts (in
+    arrival order), taking turns call by call (or in ``args.paired_rounds`` slices). Measured
+    minutes apart, the two drift with the machine's load (posts/s swung 2x within a run on a
+    shared host); taking turns, a slow spell is shared by both sides of the ratio."""
+    assert baseline.predict is not None
+    calls = chunks(texts, BATCH)
+    bodies = http_load.score_bodies(texts, BATCH)
+    rounds = args.paired_rounds or len(calls)
+    with http_load.poster(server) as post:
+        lat = time_interleaved(
+            {"pipeline": baseline.predict, "http": post},
+            {"pipeline": calls, "http": bodies},
+            rounds,
+            args.warmup,
+            f"paired batch-{BATCH}",
+        )
+    return {
+        "rounds": rounds,
+        "baseline": baseline.key,
+        "pipeline": summarize(lat["pipeline"], len(texts)),
+        "http_1_client": summarize(lat["http"], len(texts)),
+    }
 
 
 # Alternatives to the default server settings, measured on the single-post load.
@@ -373,13 +422,16 @@ def main(argv: list[str] | None = None) -> int:
                 "network, and cost, as the int8 bundle only if that is the same encoder"
             )
         result["variants"] = measure_in_process(args, vs, workload.texts, lengths)
-        del vs, scorer, fp32  # free the in-process models before the server needs the cores
+        # Free the in-process models before the server needs the cores; the pipeline stays for
+        # the paired comparison (it idles while the server runs).
+        baseline = next((v for v in vs if v.key == "pytorch_pipeline" and v.predict), None)
+        del vs, scorer, fp32
         gc.collect()
         if args.skip_http:
             result["http"] = {"skipped": "--skip-http"}
         else:
             try:
-                result["http"] = measure_http(args, bundle, workload.texts, workdir)
+                result["http"] = measure_http(args, bundle, workload.texts, workdir, baseline)
             except (RuntimeError, TimeoutError, OSError) as e:
                 log.error("HTTP benchmark failed: %s", e)
                 result["http"] = {"skipped": f"failed: {str(e).splitlines()[0]}"}

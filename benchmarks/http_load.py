@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +260,20 @@ def closed_loop(
         res.server_cpu_s = server.cpu_s() - cpu0
         bar.close()
     return res
+
+
+@contextmanager
+def poster(server: Server, path: str = "/v1/score") -> Iterator[Callable[[bytes], None]]:
+    """One keep-alive client's POST of a body, for timing request by request beside in-process
+    calls; any status but 200 raises (a refused request must not count as a fast one)."""
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60.0) as client:
+
+        def post(body: bytes) -> None:
+            r = client.post(path, content=body)
+            if r.status_code != 200:
+                raise RuntimeError(f"POST {path}: HTTP {r.status_code}: {r.text[:200]}")
+
+        yield post
 
 
 def put_roster(server: Server, body: dict) -> None:

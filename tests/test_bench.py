@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,72 @@ def test_ratios_and_targets_tolerate_missing_parts() -> None:
     }
     text = table(["a", "n"], [["x", 1.5], ["yy", None]])
     assert "1.50" in text and "-" in text.splitlines()[-1]
+
+
+def test_paired_ratio_is_the_headline_when_measured() -> None:
+    """Pipeline 100 posts/s timed apart, 80 alongside the server: the pair taking turns decides
+    the target (HTTP 360 against 80 is 4.5x, although 360 against 100 would miss 4x)."""
+    result = {
+        "variants": {"pytorch_pipeline": {"batch_32": {"posts_per_s": 100.0}}},
+        "http": {
+            "batch_32": {"1_client": {"posts_per_s": 380.0}},
+            "batch_32_paired": {
+                "pipeline": {"posts_per_s": 80.0},
+                "http_1_client": {"posts_per_s": 360.0},
+            },
+        },
+    }
+    result["ratios"] = ratios(result)
+    assert result["ratios"]["http_b32_vs_pipeline_b32"] == 3.8
+    assert result["ratios"]["http_b32_vs_pipeline_b32_paired"] == 4.5
+    headline = targets(result)[0]
+    assert (headline["value"], headline["met"]) == (4.5, True)
+    assert headline["description"].endswith("(taking turns)")
+    del result["http"]["batch_32_paired"]
+    result["ratios"] = ratios(result)
+    headline = targets(result)[0]
+    assert (headline["value"], headline["met"]) == (3.8, False)
+    assert headline["description"].endswith("(timed apart)")
+
+
+class _Scoring(BaseHTTPRequestHandler):
+    """Answers POST /v1/score with 200, or with 503 for a body that asks for it."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(503 if b"refuse" in body else 200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_paired_batch_32_times_both_sides_on_the_same_posts(tmp_path: Path) -> None:
+    from benchmarks.bench import BATCH, paired_batch_32, parse_args
+    from benchmarks.http_load import Server
+    from benchmarks.variants import Variant
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scoring)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server = Server(None, f"http://127.0.0.1:{httpd.server_port}", "k", tmp_path / "log")  # type: ignore[arg-type]
+        seen: list[list[str]] = []
+        baseline = Variant("pytorch_pipeline", "fake", "arrival", predict=seen.append)
+        args = parse_args(["--quick"])
+        texts = [f"post {i}" for i in range(2 * BATCH + 5)]
+        out = paired_batch_32(args, server, baseline, texts)
+        assert out["rounds"] == 3 and out["baseline"] == "pytorch_pipeline"  # turn about
+        # Every post through each side once, in batches of 32 (after one untimed warm-up call).
+        assert [len(b) for b in seen[args.warmup :]] == [BATCH, BATCH, 5]
+        for side in ("pipeline", "http_1_client"):
+            assert out[side]["posts"] == len(texts) and out[side]["calls"] == 3
+            assert out[side]["posts_per_s"] > 0
+        with pytest.raises(RuntimeError, match="HTTP 503"):
+            paired_batch_32(args, server, baseline, ["refuse"])
+    finally:
+        httpd.shutdown()
 
 
 def _positive_numbers(d: dict, *keys: str) -> None:
