@@ -4,8 +4,8 @@ on the same posts, compared as ratios (targets are shown, never asserted).
 In process: (a) the transformers pipeline in PyTorch fp32 (the baseline), (b) ONNX Runtime fp32
 and (c) int8 behind the export checks' predictor, (d) the serving Scorer. Over HTTP: the real
 server in a subprocess, 8 concurrent single-post clients, then batch-32 requests; last, the
-pipeline's batch-32 calls and batch-32 requests taking turns on the same posts, which
-gives the headline ratio (both sides see the same machine, whatever the load does meanwhile).
+pipeline's batch-32 calls and batch-32 requests taking turns on the same posts (a second
+reading of the headline ratio, shielded from drift but pessimistic for the server).
 
     .venv/bin/python benchmarks/bench.py [--bundle models/caretriage-minilm] [--quick]
 """
@@ -274,7 +274,10 @@ def paired_batch_32(
     """The baseline's batch-32 calls and one client's batch-32 requests on the same posts (in
     arrival order), taking turns call by call (or in ``args.paired_rounds`` slices). Measured
     minutes apart, the two drift with the machine's load (posts/s swung 2x within a run on a
-    shared host); taking turns, a slow spell is shared by both sides of the ratio."""
+    shared host); taking turns, a slow spell is shared by both sides of the ratio. But each
+    pipeline call streams its 90 MB of fp32 weights through the caches the server's next
+    request needs: on one AMD EPYC host the server's posts/s fell by a fifth against back-to-back
+    requests, the pipeline's did not move. So this reading is a lower bound, not the headline."""
     assert baseline.predict is not None
     calls = chunks(texts, BATCH)
     bodies = http_load.score_bodies(texts, BATCH)
