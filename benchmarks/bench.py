@@ -76,13 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--posts-b32", type=int, default=None, help="posts timed in batches of 32")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size")
     p.add_argument(
-        "--paired-rounds",
-        type=int,
-        default=None,
-        help="alternating slices of pipeline calls and HTTP requests at batch 32 "
-        "(default: one call each, turn about)",
-    )
-    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -272,16 +265,16 @@ def paired_batch_32(
     texts: list[str],
 ) -> dict[str, Any]:
     """The baseline's batch-32 calls and one client's batch-32 requests on the same posts (in
-    arrival order), taking turns call by call (or in ``args.paired_rounds`` slices). Measured
-    minutes apart, the two drift with the machine's load (posts/s swung 2x within a run on a
-    shared host); taking turns, a slow spell is shared by both sides of the ratio. But each
-    pipeline call streams its 90 MB of fp32 weights through the caches the server's next
-    request needs: on one AMD EPYC host the server's posts/s fell by a fifth against back-to-back
-    requests, the pipeline's did not move. So this reading is a lower bound, not the headline."""
+    arrival order), taking turns call by call. Measured minutes apart, the two drift with the
+    machine's load (posts/s swung 2x within a run on a shared host); taking turns, a slow spell
+    is shared by both sides of the ratio. But on one AMD EPYC host taking turns cut the
+    server's posts/s by a fifth against back-to-back requests while the pipeline's did not
+    move (presumably each pipeline call streams 90 MB of fp32 weights through the caches the
+    next request needs), so this reading is a lower bound, not the headline."""
     assert baseline.predict is not None
     calls = chunks(texts, BATCH)
     bodies = http_load.score_bodies(texts, BATCH)
-    rounds = args.paired_rounds or len(calls)
+    rounds = len(calls)  # one call each per round: turn about
     with http_load.poster(server) as post:
         lat = time_interleaved(
             {"pipeline": baseline.predict, "http": post},
