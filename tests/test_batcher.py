@@ -48,6 +48,19 @@ async def started(scorer, **kw) -> Batcher:
     return b
 
 
+async def one_running_one_queued(first: list[str], second: list[str]):
+    """A started batcher whose first run (of ``first``) is held by the scorer's gate while
+    ``second`` waits in the queue behind it: (scorer, batcher, first task, second task)."""
+    s = FakeScorer()
+    b = await started(s)
+    s.gate.clear()
+    running = asyncio.create_task(b.submit(first))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(b.submit(second))
+    await asyncio.sleep(0.05)
+    return s, b, running, queued
+
+
 def test_lone_request_runs_at_once():
     async def main():
         b = await started(FakeScorer())
@@ -121,13 +134,7 @@ def test_overloaded_beyond_max_queue():
 
 def test_cancelled_request_is_skipped_and_released():
     async def main():
-        s = FakeScorer()
-        b = await started(s)
-        s.gate.clear()
-        first = asyncio.create_task(b.submit(["a"]))
-        await asyncio.sleep(0.05)
-        gone = asyncio.create_task(b.submit(["b"] * 3))
-        await asyncio.sleep(0.05)
+        s, b, first, gone = await one_running_one_queued(["a"], ["b"] * 3)
         gone.cancel()
         s.gate.set()
         await first
@@ -175,3 +182,38 @@ def test_stop_fails_waiting_requests_and_refuses_new_ones():
     results, b = run(main())
     assert all(isinstance(r, ModelNotReady) for r in results)
     assert not b.running and b.pending == 0
+
+
+def test_next_run_starts_while_the_event_loop_is_busy():
+    """Runs are started by the batcher's own thread: a loop busy with other requests when a
+    run ends does not hold back the next one."""
+
+    async def main():
+        s, b, first, second = await one_running_one_queued(["a"], ["bb", "ccc"])
+        s.gate.set()
+        time.sleep(0.3)  # the loop is blocked: nothing on it can start a run
+        runs_while_busy = list(s.runs)
+        outs = await asyncio.gather(first, second)
+        await b.stop()
+        return runs_while_busy, outs, b
+
+    runs, outs, b = run(main())
+    assert runs == [1, 2]
+    assert outs[1]["n"].ravel().tolist() == [2, 3] and b.pending == 0 and b.batches_run == 2
+
+
+def test_run_thread_exits_on_stop_and_the_batcher_can_start_again():
+    async def main():
+        s = FakeScorer()
+        b = await started(s)
+        await b.submit(["a"])
+        thread = b._thread
+        await b.stop()
+        stopped = not b.running and thread is not None and not thread.is_alive()
+        b.start()
+        out = await b.submit(["abcd"])
+        await b.stop()
+        return stopped, out
+
+    stopped, out = run(main())
+    assert stopped and out["n"].ravel().tolist() == [4]
