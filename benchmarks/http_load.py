@@ -3,6 +3,11 @@
 The server is started the way ``make run`` starts it (``python -m caretriage_cli serve``) with
 a throw-away API key, a temporary SQLite database and the bundle under test; it is always
 terminated by the context manager, whatever happens in between.
+
+The load itself goes through ``RawClient``, a keep-alive HTTP/1.1 client on one blocking socket:
+client and server share this machine's cores, and httpx spent about 0.7 ms of the client's CPU
+per request (more than the server's whole HTTP stack for a trivial route, 0.57 ms), CPU the
+server then lacked. ``--http-client httpx`` in ``bench.py`` measures with httpx instead.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from tqdm.auto import tqdm
@@ -76,6 +83,149 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class HTTPTransportError(OSError):
+    """No HTTP response: the connection failed, closed early or sent something unparsable."""
+
+
+class RawClient:
+    """HTTP/1.1 over one keep-alive socket, for load generation only: requests are built from
+    pre-encoded bytes and a response is read by its Content-Length (or chunks) without parsing
+    the body, so the client costs tens of microseconds of CPU per request. Reconnects once
+    when a kept-alive connection turns out closed."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"RawClient speaks plain http only, not {url!r}")
+        self.address = (parts.hostname, parts.port or 80)
+        self.timeout = timeout
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in ({"Host": host} | headers).items())
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self.address, timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._buf = sock, b""
+        return sock
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """(status, body) of one request; HTTPTransportError when no response came."""
+        head = f"{method} {path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"
+        message = head.encode("latin-1") + body
+        reused = self._sock is not None
+        try:
+            return self._exchange(message)
+        except (OSError, ValueError) as e:
+            self.close()
+            if not reused:
+                raise HTTPTransportError(f"{method} {path}: {e}") from e
+        try:  # the kept-alive connection was closed by the server: once more on a new one
+            return self._exchange(message)
+        except (OSError, ValueError) as e:
+            self.close()
+            raise HTTPTransportError(f"{method} {path}: {e}") from e
+
+    def _exchange(self, message: bytes) -> tuple[int, bytes]:
+        sock = self._sock or self._connect()
+        sock.sendall(message)
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            self._fill(sock)
+        lines = self._buf[:end].decode("latin-1").split("\r\n")
+        self._buf = self._buf[end + 4 :]
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip().lower()
+        if "content-length" in headers:
+            body = self._read(sock, int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            body = self._read_chunked(sock)
+        else:
+            raise ValueError("response has neither Content-Length nor chunked encoding")
+        if headers.get("connection") == "close":
+            self.close()
+        return status, body
+
+    def _fill(self, sock: socket.socket) -> None:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        self._buf += data
+
+    def _read(self, sock: socket.socket, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._fill(sock)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _read_chunked(self, sock: socket.socket) -> bytes:
+        parts = []
+        while True:
+            while (eol := self._buf.find(b"\r\n")) < 0:
+                self._fill(sock)
+            size = int(self._buf[:eol].split(b";")[0], 16)
+            self._buf = self._buf[eol + 2 :]
+            chunk = self._read(sock, size + 2)  # the chunk and its CRLF
+            if size == 0:  # no trailers are sent by the servers measured here
+                return b"".join(parts)
+            parts.append(chunk[:-2])
+
+
+class Poster(Protocol):
+    def post(self, path: str, body: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+
+ClientKind = Literal["raw", "httpx"]
+
+
+class _RawPoster:
+    def __init__(self, server: Server) -> None:
+        self._client = RawClient(server.url, server.headers)
+
+    def post(self, path: str, body: bytes) -> int:
+        return self._client.request("POST", path, body)[0]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _HttpxPoster:
+    def __init__(self, server: Server) -> None:
+        self._client = httpx.Client(base_url=server.url, headers=server.headers, timeout=60.0)
+
+    def post(self, path: str, body: bytes) -> int:
+        try:
+            return self._client.post(path, content=body).status_code
+        except httpx.HTTPError as e:
+            raise HTTPTransportError(str(e)) from e
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_poster(server: Server, kind: ClientKind = "raw") -> Poster:
+    """One keep-alive connection to ``server``; ``post`` returns the status or raises
+    HTTPTransportError."""
+    return _RawPoster(server) if kind == "raw" else _HttpxPoster(server)
 
 
 def _wait_ready(server: Server, t0: float, timeout: float) -> float:
@@ -213,6 +363,7 @@ def closed_loop(
     max_seconds: float,
     desc: str,
     path: str = "/v1/score",
+    client: ClientKind = "raw",
 ) -> LoadResult:
     """``clients`` threads, each with its own keep-alive connection, send the next body as soon
     as their previous response arrives, until ``max_requests`` were sent or ``max_seconds``
@@ -225,7 +376,8 @@ def closed_loop(
 
     def worker() -> None:
         nonlocal sent
-        with httpx.Client(base_url=server.url, headers=server.headers, timeout=60.0) as client:
+        conn = make_poster(server, client)
+        try:
             while True:
                 with lock:
                     if sent >= max_requests or time.perf_counter() > deadline:
@@ -233,9 +385,10 @@ def closed_loop(
                     body = bodies[sent % len(bodies)]
                     sent += 1
                 t0 = time.perf_counter()
+                status: int | None
                 try:
-                    status = client.post(path, content=body).status_code
-                except httpx.HTTPError:
+                    status = conn.post(path, body)
+                except HTTPTransportError:
                     status = None
                 dt = time.perf_counter() - t0
                 with lock:
@@ -246,6 +399,8 @@ def closed_loop(
                         if status == 200:
                             res.latencies_s.append(dt)
                     bar.update()
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
     cpu0, client0, t0 = server.cpu_s(), time.process_time(), time.perf_counter()
@@ -263,17 +418,22 @@ def closed_loop(
 
 
 @contextmanager
-def poster(server: Server, path: str = "/v1/score") -> Iterator[Callable[[bytes], None]]:
+def poster(
+    server: Server, path: str = "/v1/score", client: ClientKind = "raw"
+) -> Iterator[Callable[[bytes], None]]:
     """One keep-alive client's POST of a body, for timing request by request beside in-process
     calls; any status but 200 raises (a refused request must not count as a fast one)."""
-    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60.0) as client:
+    conn = make_poster(server, client)
 
-        def post(body: bytes) -> None:
-            r = client.post(path, content=body)
-            if r.status_code != 200:
-                raise RuntimeError(f"POST {path}: HTTP {r.status_code}: {r.text[:200]}")
+    def post(body: bytes) -> None:
+        status = conn.post(path, body)
+        if status != 200:
+            raise RuntimeError(f"POST {path}: HTTP {status}")
 
+    try:
         yield post
+    finally:
+        conn.close()
 
 
 def put_roster(server: Server, body: dict) -> None:

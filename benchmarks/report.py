@@ -327,7 +327,8 @@ def render(result: dict[str, Any]) -> str:
         + (f" (NOTE: {w['note']})" if w.get("note") else "")
         + f"; tokens mean {w['tokens']['mean']}, p95 {w['tokens']['p95']:.0f}",
         f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, load average "
-        f"{m['loadavg_start']} -> {m.get('loadavg_end')}; client and server share it",
+        f"{m['loadavg_start']} -> {m.get('loadavg_end')}; client "
+        f"({result.get('args', {}).get('http_client', 'httpx')}) and server share it",
         f"intra-op threads: {result.get('args', {}).get('threads') or 'each runtime default'}"
         f" (torch {_get(result['variants'], 'pytorch_pipeline', 'info', 'torch_threads') or '-'})",
     ]

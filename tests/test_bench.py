@@ -221,3 +221,75 @@ def test_routing_bench_smoke(tmp_path: Path) -> None:
     for r in res.values():
         assert r["compiled_once_us_per_post"] > 0 and r["compile_us"] > 0
         assert r["speedup"] > 0
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: echoes the body's length, in chunks on /chunked; counts the
+    connections it was given."""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+
+    def setup(self) -> None:
+        type(self).connections += 1
+        super().setup()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        reply = f'{{"got": {len(body)}, "auth": "{self.headers["Authorization"]}"}}'.encode()
+        self.send_response(201)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (reply[:5], reply[5:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_raw_client_keeps_the_connection_and_reads_both_framings() -> None:
+    from benchmarks.http_load import RawClient
+
+    _KeepAlive.connections = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}"
+        with RawClient(url, {"Authorization": "Bearer k"}) as client:
+            for path, body in (("/v1/score", b"x" * 70_000), ("/chunked", b"abc"), ("/", b"")):
+                status, reply = client.request("POST", path, body)
+                assert status == 201
+                assert json.loads(reply) == {"got": len(body), "auth": "Bearer k"}
+        assert _KeepAlive.connections == 1
+    finally:
+        httpd.shutdown()
+
+
+def test_raw_client_reconnects_to_a_server_that_closes_and_reports_no_server(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.http_load import HTTPTransportError, RawClient, Server, closed_loop, free_port
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scoring)  # HTTP/1.0: closes after each reply
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with RawClient(f"http://127.0.0.1:{httpd.server_port}", {}) as client:
+            assert [client.request("POST", "/", b"a")[0] for _ in range(3)] == [200] * 3
+            assert client.request("POST", "/", b"refuse")[0] == 503
+    finally:
+        httpd.shutdown()
+    with pytest.raises(HTTPTransportError), RawClient(f"http://127.0.0.1:{free_port()}", {}) as c:
+        c.request("POST", "/", b"")
+    # Under load, a request that got no response counts as a failure, not a latency.
+    gone = Server(None, f"http://127.0.0.1:{free_port()}", "k", tmp_path / "log")  # type: ignore[arg-type]
+    gone.cpu_s = lambda: 0.0  # type: ignore[method-assign]
+    res = closed_loop(
+        gone, [b"{}"], posts_per_request=1, clients=2, max_requests=4, max_seconds=5, desc="x"
+    )
+    assert res.failures == 4 and not res.latencies_s
