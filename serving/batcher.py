@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,11 +173,11 @@ class Batcher:
             tokens += item.tokens
         return taken, skipped
 
-    def _hand_over(self, callback: object, *args: object) -> bool:
+    def _hand_over(self, callback: Callable[..., None], *args: object) -> bool:
         """Schedule ``callback(*args)`` on the event loop; False once the loop is gone."""
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+            self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             return False
         return True
