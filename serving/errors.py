@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.schemas import ErrorBody
@@ -202,15 +203,42 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches at this request's path (asked of the
+    routes themselves, since included routers nest theirs)."""
+    routes = request.app.router.routes
+    return [
+        m
+        for m in _METHODS
+        if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
+    ]
+
+
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method, ...) in our shape."""
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         detail = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         detail = f"method {request.method} not allowed on {request.url.path}"
-    err = ApiError(detail, fields=["body"] if exc.status_code == 413 else (), headers=exc.headers)
+        # Starlette names only the first route's methods; a path served by several routes
+        # (GET and PUT /v1/agents) allows them all.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    elif exc.status_code == 400 and detail == _UNPARSABLE_BODY:
+        # FastAPI's answer to a body that is not text (e.g. not UTF-8): the same fault, to a
+        # client, as invalid JSON, which is a 422 naming the body.
+        return error_response(
+            ValidationFailed("body: not readable as JSON text (send UTF-8)", ["body"]), request
+        )
+    err = ApiError(detail, fields=["body"] if exc.status_code == 413 else (), headers=headers)
     err.status_code = exc.status_code
     cls = _BY_STATUS.get(exc.status_code)
     err.error = cls.error if cls else "http_error"

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 MAX_POSTS = 256
 MAX_TEXT = 5000
+# Timestamps a post or contact may carry: none before the Unix epoch, none more than a day
+# ahead of this server's clock (room for clock skew). Outside that they are client bugs, and
+# near the ends of the calendar they overflowed computing respond_by (a 500, not a 422).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_AHEAD = timedelta(days=1)
+# Counts stay within what every store's INTEGER column holds (PostgreSQL's is 32-bit).
+MAX_COUNT = 1_000_000
 
 
 class Channel(StrEnum):
@@ -23,17 +30,44 @@ class Channel(StrEnum):
 
 
 def _utc(v: datetime) -> datetime:
-    """Naive datetimes are read as UTC; everything is kept in UTC."""
-    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    """Naive datetimes are read as UTC; everything is kept in UTC, between ``EARLIEST`` and a
+    day after now."""
+    try:
+        v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise ValueError("out of range") from None
+    if v < EARLIEST:
+        raise ValueError(f"must not be before {EARLIEST.date().isoformat()}")
+    latest = datetime.now(UTC) + MAX_AHEAD
+    if v > latest:
+        raise ValueError(
+            f"must not be more than a day after the server's clock ({latest:%Y-%m-%dT%H:%MZ})"
+        )
+    return v
+
+
+def _no_nul(v: str) -> str:
+    # PostgreSQL refuses NUL in text and JSONB: a stored string must not hold one.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+# A string the store keeps (agent ids, names, skills' topics).
+Stored = Annotated[str, AfterValidator(_no_nul)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Minutes = Annotated[float, Field(ge=0.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused (Python's JSON parser accepts NaN and Infinity): they
+    # made routing scores NaN and were stored as null, i.e. lost.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Author(_Strict):
     handle: str | None = Field(default=None, max_length=200)
-    followers: int = Field(default=0, ge=0)
+    followers: int = Field(default=0, ge=0, le=10**10)
     verified: bool = False
 
 
@@ -48,13 +82,14 @@ class Customer(_Strict):
     id: str | None = Field(default=None, max_length=200)
     lifetime_value: float = Field(default=0.0, ge=0)
     tier: str | None = Field(default=None, max_length=50)
-    open_tickets: int = Field(default=0, ge=0)
+    open_tickets: int = Field(default=0, ge=0, le=MAX_COUNT)
     recent_contacts: list[Contact] = Field(default_factory=list, max_length=1000)
 
 
 class Post(_Strict):
     id: str = Field(min_length=1, max_length=200)
-    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    # The pattern documents the blank check below in the schema (JSON Schema patterns search).
+    text: str = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra={"pattern": r"\S"})
     channel: Channel = Channel.twitter
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     author: Author | None = None
@@ -133,35 +168,21 @@ class AgentStatus(StrEnum):
 
 
 class Agent(_Strict):
-    id: str = Field(min_length=1, max_length=200)
-    name: str | None = Field(default=None, max_length=200)
-    work_group: str = Field(default="default", max_length=100)
-    languages: list[str] = Field(default_factory=lambda: ["en"])
+    id: Stored = Field(min_length=1, max_length=200)
+    name: Stored | None = Field(default=None, max_length=200)
+    work_group: Stored = Field(default="default", max_length=100)
+    languages: list[Annotated[Stored, Field(max_length=35)]] = Field(
+        default_factory=lambda: ["en"], max_length=100
+    )
     # Skill per topic label, 0-1; a topic absent here counts as 0.
-    skills: dict[str, float] = Field(default_factory=dict)
+    skills: dict[Stored, Unit] = Field(default_factory=dict)
     capacity: int = Field(default=10, ge=1, le=1000)
-    caseload: int = Field(default=0, ge=0)
+    caseload: int = Field(default=0, ge=0, le=MAX_COUNT)
     status: AgentStatus = AgentStatus.online
     # Measured share of satisfied customers per topic, 0-1 (a topic absent: no measurement).
-    csat: dict[str, float] = Field(default_factory=dict)
+    csat: dict[Stored, Unit] = Field(default_factory=dict)
     # Measured median first-response minutes per topic (absent: no measurement).
-    first_response_minutes: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("skills", "csat")
-    @classmethod
-    def _unit(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, x in v.items() if not 0.0 <= x <= 1.0]
-        if bad:
-            raise ValueError(f"values must be within 0-1; out of range for {bad}")
-        return v
-
-    @field_validator("first_response_minutes")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, x in v.items() if x < 0]
-        if bad:
-            raise ValueError(f"minutes must be >= 0; negative for {bad}")
-        return v
+    first_response_minutes: dict[Stored, Minutes] = Field(default_factory=dict)
 
 
 class Roster(_Strict):

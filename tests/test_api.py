@@ -259,6 +259,66 @@ def test_unknown_route_and_method(client):
     assert r.headers["Allow"] == "GET"
 
 
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [("/v1/agents", "GET, PUT"), ("/v1/agents/a", "DELETE, GET, PUT")],
+)
+def test_405_allows_every_method_of_the_path(client, path, allow):
+    # The path is served by one route per method; Starlette alone named only the first.
+    r = client.request("OPTIONS", path, headers=AUTH)
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == allow
+
+
+def test_a_body_that_is_not_text_is_422_naming_the_body(client):
+    r = client.post(
+        "/v1/score", headers={**AUTH, "Content-Type": "application/json"}, content=b"\x021\xff"
+    )
+    assert_error(r, 422, "validation_failed", "body")
+
+
+def _raw(client, method: str, path: str, text: str):
+    """Send JSON text as is: NaN, Infinity and huge integers are what the json module writes
+    and reads, but a JSON client library may refuse to produce them."""
+    return client.request(
+        method, path, headers={**AUTH, "Content-Type": "application/json"}, content=text
+    )
+
+
+@pytest.mark.parametrize(
+    ("post", "field"),
+    [
+        ('"customer": {"lifetime_value": Infinity}', "posts.0.customer.lifetime_value"),
+        ('"customer": {"lifetime_value": NaN}', "posts.0.customer.lifetime_value"),
+        ('"author": {"followers": 1' + "0" * 400 + "}", "posts.0.author.followers"),
+        ('"customer": {"open_tickets": 99999999999}', "posts.0.customer.open_tickets"),
+        # Past the calendar's ends once in UTC, or far enough ahead to overflow respond_by:
+        # each was a 500.
+        ('"created_at": "0001-01-01T00:10:00+05:00"', "posts.0.created_at"),
+        ('"created_at": "9999-12-31T23:30:00Z"', "posts.0.created_at"),
+        ('"created_at": "9999-12-31T23:30:00-05:00"', "posts.0.created_at"),
+        ('"created_at": "1969-12-31T23:59:59Z"', "posts.0.created_at"),
+        (
+            '"customer": {"recent_contacts": [{"channel": "phone", "at": "9999-12-31T23:59Z"}]}',
+            "posts.0.customer.recent_contacts.0.at",
+        ),
+    ],
+)
+def test_out_of_range_numbers_and_times_are_422_not_500(client, post, field):
+    r = _raw(client, "POST", "/v1/score", '{"posts": [{"id": "a", "text": "hi", ' + post + "}]}")
+    assert_error(r, 422, "validation_failed", field)
+
+
+def test_times_a_day_either_side_of_now_are_accepted(client):
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(hours=23)).isoformat()
+    old = "1970-01-01T00:00:00Z"
+    for at in (soon, old):
+        r = client.post("/v1/score", headers=AUTH, json=posts("hi", created_at=at))
+        assert r.status_code == 200, r.text
+
+
 def test_overloaded_is_503_with_retry_after(client):
     batcher = client.app.state.batcher
     batcher._pending += batcher.max_queue  # as if the queue were full
@@ -457,15 +517,46 @@ def test_duplicate_agent_ids_are_422_and_change_nothing(client, roster):
 @pytest.mark.parametrize(
     ("bad", "field"),
     [
-        ({"skills": {"late_flight": 1.5}}, "agents.0.skills"),
+        ({"skills": {"late_flight": 1.5}}, "agents.0.skills.late_flight"),
+        ({"csat": {"late_flight": -0.1}}, "agents.0.csat.late_flight"),
         ({"capacity": 0}, "agents.0.capacity"),
+        ({"caseload": 2**31}, "agents.0.caseload"),  # past PostgreSQL's INTEGER: was a 500
         ({"status": "asleep"}, "agents.0.status"),
-        ({"first_response_minutes": {"late_flight": -1}}, "agents.0.first_response_minutes"),
+        (
+            {"first_response_minutes": {"late_flight": -1}},
+            "agents.0.first_response_minutes.late_flight",
+        ),
+        ({"id": "a\x00b"}, "agents.0.id"),  # PostgreSQL refuses NUL in text
+        ({"skills": {"late\x00flight": 0.5}}, "agents.0.skills.late\x00flight.[key]"),
+        ({"languages": ["x" * 36]}, "agents.0.languages.0"),
     ],
 )
 def test_bad_agents_are_422_naming_the_field(client, roster, bad, field):
     body = {"agents": [{**agent("a", ["late_flight"]), **bad}]}
     assert_error(client.put("/v1/agents", headers=AUTH, json=body), 422, "validation_failed", field)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_agent_figures_are_422_and_not_stored(client, roster, value):
+    # Stored, NaN came back as null (lost) and made the agent's routing score NaN.
+    for key in ("first_response_minutes", "csat", "skills"):
+        text = '{"agents": [{"id": "a", "' + key + '": {"late_flight": ' + value + "}}]}"
+        r = _raw(client, "PUT", "/v1/agents", text)
+        assert_error(r, 422, "validation_failed", f"agents.0.{key}.late_flight")
+    assert client.get("/v1/agents", headers=AUTH).json() == {"agents": []}
+
+
+def test_agent_path_with_nul_is_422(client, roster):
+    assert_error(client.get("/v1/agents/a%00b", headers=AUTH), 422, "validation_failed")
+
+
+def test_openapi_documents_ranges_and_created(client):
+    spec = client.get("/openapi.json").json()
+    agent_schema = spec["components"]["schemas"]["Agent"]["properties"]
+    skill = agent_schema["skills"]["additionalProperties"]
+    assert (skill["minimum"], skill["maximum"]) == (0.0, 1.0)
+    assert "201" in spec["paths"]["/v1/agents/{agent_id}"]["put"]["responses"]
+    assert spec["components"]["schemas"]["Post"]["properties"]["text"]["pattern"] == r"\S"
 
 
 def test_offline_and_full_agents_are_never_routed(client, roster, onnx_bundle):

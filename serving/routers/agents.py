@@ -10,11 +10,11 @@ from fastapi import APIRouter, Path, Response, status
 
 from serving.deps import Authorized, StoreDep
 from serving.errors import NotFound, ValidationFailed, responses
-from serving.schemas import Agent, Roster
+from serving.schemas import Agent, Roster, Stored
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[Authorized])
 
-AgentId = Annotated[str, Path(min_length=1, max_length=200, description="The agent's id.")]
+AgentId = Annotated[Stored, Path(min_length=1, max_length=200, description="The agent's id.")]
 
 
 @router.get("", response_model=Roster, responses=responses(401))
@@ -41,7 +41,11 @@ def get_agent(agent_id: AgentId, store: StoreDep) -> Agent:
     return agent
 
 
-@router.put("/{agent_id}", response_model=Agent, responses=responses(401, 422))
+@router.put(
+    "/{agent_id}",
+    response_model=Agent,
+    responses={201: {"model": Agent, "description": "Created."}, **responses(401, 422)},
+)
 def upsert_agent(agent: Agent, response: Response, agent_id: AgentId, store: StoreDep) -> Agent:
     """Create or replace one agent (201 when new, 200 when replaced)."""
     if agent.id != agent_id:
