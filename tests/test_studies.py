@@ -88,3 +88,38 @@ def test_export_only_settings_do_not_invalidate_saved_folds(calls, tmp_path):
     assert calls == []
     studies.cross_validate(_cfg(lexical=None, seed=1), folds=[0], out=out)
     assert [k for k, _, _ in calls] == [0]  # the seed does change what a fold trains
+
+
+def test_a_study_file_resumes_from_another_checkout(calls, tmp_path):
+    """The same model, schema and data at other paths (another machine, a fresh clone) keep
+    the saved folds; different content does not."""
+    import shutil
+
+    from features.schema import default_schema_path
+
+    def layout(root):
+        (root / "model").mkdir(parents=True)
+        (root / "model" / "config.json").write_text('{"hidden_size": 384}')
+        (root / "data" / "complaints").mkdir(parents=True)
+        (root / "data" / "complaints" / "complaints.csv").write_text("id,text\n1,hi\n")
+        shutil.copy(default_schema_path(), root / "schema.yaml")
+        return root
+
+    def cfg(root):
+        return TrainConfig(
+            tiny=True,
+            base_model=str(root / "model"),
+            label_schema=root / "schema.yaml",
+            data={"data_dir": root / "data"},
+        )
+
+    a, b = layout(tmp_path / "a"), layout(tmp_path / "b")
+    out = tmp_path / "cv.json"
+    studies.cross_validate(cfg(a), folds=[0], out=out)
+    calls.clear()
+    studies.cross_validate(cfg(b), folds=[0], out=out)
+    assert calls == []  # same content elsewhere: resumed
+
+    (b / "data" / "complaints" / "complaints.csv").write_text("id,text\n1,hi\n2,yo\n")
+    studies.cross_validate(cfg(b), folds=[0], out=out)
+    assert [k for k, _, _ in calls] == [0]  # other data: run again

@@ -3,6 +3,7 @@ protocol) and single-task baselines for the multi-task comparison."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,14 +16,33 @@ from training.pipeline import run
 log = logging.getLogger(__name__)
 
 
+def fingerprint(path: str | Path) -> str:
+    """Where a file or folder is does not matter, what it holds does: a short hash of a file's
+    bytes, or of a folder's file names and sizes (a model's weights or a data set; hashing
+    their bytes would cost seconds for nothing). A string that names no path is kept as is."""
+    p = Path(path)
+    if p.is_file():
+        return "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        listing = "\n".join(f"{f.relative_to(p).as_posix()} {f.stat().st_size}" for f in files)
+        return "files:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return str(path)
+
+
 def _study_key(cfg: TrainConfig) -> dict:
     """What makes two folds' results comparable: the whole config but the fold choice, where
-    things run or are written, and what only the export uses (a CV does not export)."""
+    things run or are written, and what only the export uses (a CV does not export). The base
+    model, label schema and data folder count by content, not path, so a study file committed
+    on one machine resumes on another."""
     d = cfg.model_dump(
         mode="json",
         exclude={"output_dir", "threads", "tracking_uri", "register_model", "lexical"},
     )
     d["data"].pop("complaints_test_fold", None)
+    d["base_model"] = fingerprint(cfg.base_model)
+    d["label_schema"] = fingerprint(cfg.label_schema)
+    d["data"]["data_dir"] = fingerprint(cfg.data.data_dir)
     return d
 
 
