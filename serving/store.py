@@ -1,8 +1,9 @@
 """Persistent state of the service: SQLAlchemy Core over SQLite or PostgreSQL (psycopg 3).
 
-One ``MetaData`` holds every table, so later tables (labels, feedback, outcomes, assignments)
-are added beside ``agents`` and created by the same ``create_all``. Methods are synchronous and
-commit before returning; the API calls them from the thread pool.
+One ``MetaData`` holds every table (``agents`` here, the labeling workspace's in
+``serving.labeling.tables``); the Alembic migrations in ``serving/migrations`` create and
+change them, run by ``Store.upgrade`` at start-up and by ``caretriage db upgrade``. Methods are
+synchronous and commit before returning; the API calls them from the thread pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +28,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -37,7 +40,7 @@ from sqlalchemy.pool import StaticPool
 from serving.schemas import Agent
 
 metadata = MetaData()
-_Json = JSON().with_variant(JSONB(), "postgresql")
+Json = JSON().with_variant(JSONB(), "postgresql")
 
 agents_table = Table(
     "agents",
@@ -45,18 +48,21 @@ agents_table = Table(
     Column("id", String(200), primary_key=True),
     Column("name", String(200), nullable=True),
     Column("work_group", String(100), nullable=False),
-    Column("languages", _Json, nullable=False),
-    Column("skills", _Json, nullable=False),
+    Column("languages", Json, nullable=False),
+    Column("skills", Json, nullable=False),
     Column("capacity", Integer, nullable=False),
     Column("caseload", Integer, nullable=False),
     Column("status", String(16), nullable=False),
-    Column("csat", _Json, nullable=False),
-    Column("first_response_minutes", _Json, nullable=False),
+    Column("csat", Json, nullable=False),
+    Column("first_response_minutes", Json, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 _AGENT_FIELDS = [c.name for c in agents_table.columns if c.name != "updated_at"]
 _SQLITE_BUSY_MS = 5000
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant, the same in every process: upgrades of one database take turns on it.
+_MIGRATION_LOCK = 0x6361726574726961
 _WRITE = "caretriage_write"  # execution option: this transaction will write
 
 
@@ -137,10 +143,44 @@ class Store:
     def dialect(self) -> str:
         return self.url.get_backend_name()
 
-    def create_all(self) -> None:
-        """Create missing tables (idempotent); existing ones are left as they are."""
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Bring the schema to ``revision`` with the Alembic migrations in
+        ``serving/migrations`` (idempotent) and return the revision now in force. A database
+        created before migrations existed (an ``agents`` table, no version table) is stamped
+        as the first revision, so its rows are kept. Concurrent upgrades serialize: SQLite's
+        write lock, a PostgreSQL advisory lock."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._write() as conn:
-            metadata.create_all(conn)
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+                if self.schema:
+                    quoted = conn.dialect.identifier_preparer.quote(self.schema)
+                    conn.execute(text(f"SET LOCAL search_path TO {quoted}"))
+            cfg.attributes["connection"] = conn
+            cfg.attributes["schema"] = self.schema
+            names = set(inspect(conn).get_table_names(schema=self.schema))
+            if "agents" in names and "alembic_version" not in names:
+                command.stamp(cfg, "0001")
+            command.upgrade(cfg, revision)
+            ctx = MigrationContext.configure(conn, opts={"version_table_schema": self.schema})
+            return ctx.get_current_revision()
+
+    def create_all(self) -> None:
+        """Old name of ``upgrade``: the tables are made by the migrations."""
+        self.upgrade()
+
+    def revision(self) -> str | None:
+        """The schema revision in force (None for an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table_schema": self.schema})
+            return ctx.get_current_revision()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -3,6 +3,9 @@ export it through the real export path, so serving tests run on a genuine bundle
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,64 @@ def onnx_bundle(tmp_path_factory) -> Path:
     from tests._tiny_onnx import build_onnx_bundle
 
     return build_onnx_bundle(tmp_path_factory.mktemp("onnx_bundle") / "tiny")
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+PG_URL = os.environ.get(
+    "CARETRIAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _pg_engine():
+    """An engine on the test server, or a skip; under CI (``CI=true``) a failure, since the
+    CI machine starts PostgreSQL and a silent skip would hide the store tests."""
+    from sqlalchemy import create_engine, text
+
+    from serving.store import normalize_url
+
+    engine = create_engine(normalize_url(PG_URL))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as e:
+        engine.dispose()
+        msg = (
+            f"PostgreSQL unreachable at {PG_URL} ({type(e).__name__}); start it (this machine: "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or set "
+            "CARETRIAGE_TEST_POSTGRES_URL"
+        )
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(msg + "; under CI=true the PostgreSQL tests must run", pytrace=False)
+        pytest.skip(msg)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pg_schemas() -> Iterator[Callable[[], str]]:
+    """Makes schemas unique to this test session (dropped at its end), so that concurrent
+    runs and tests needing an empty database never collide."""
+    pytest.importorskip("psycopg")
+    from sqlalchemy import text
+
+    engine = _pg_engine()
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"caretriage_test_{uuid.uuid4().hex[:12]}"
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{name}"'))
+        made.append(name)
+        return name
+
+    yield make
+    with engine.begin() as conn:
+        for name in made:
+            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_schema(pg_schemas) -> str:
+    """One schema shared by the session's tests."""
+    return pg_schemas()

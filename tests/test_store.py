@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 
 import pytest
-from sqlalchemy import delete, inspect, text
+from sqlalchemy import delete, inspect
 from sqlalchemy.exc import IntegrityError
 
 from serving.schemas import Agent, AgentStatus
 from serving.store import Store, agents_table, normalize_url
-
-PG_URL = os.environ.get(
-    "CARETRIAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture(scope="session")
-def pg_schema():
-    """A schema unique to this session, dropped at the end, so concurrent runs never collide."""
-    pytest.importorskip("psycopg")
-    from sqlalchemy import create_engine
-
-    engine = create_engine(normalize_url(PG_URL))
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as e:
-        engine.dispose()
-        pytest.skip(
-            f"PostgreSQL unreachable at {PG_URL} ({type(e).__name__}); "
-            "set CARETRIAGE_TEST_POSTGRES_URL to run these tests"
-        )
-    name = f"caretriage_test_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    yield name
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-    engine.dispose()
+from tests.conftest import PG_URL
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

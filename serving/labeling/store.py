@@ -1,0 +1,736 @@
+"""The labeling workspace's persistent state: the item pool, leases, labels and accounts.
+
+Every method is one transaction that commits before it returns, so a label the API confirms
+is on disk. Handing out items is a claim: on SQLite the write lock (``BEGIN IMMEDIATE``)
+serializes claims, on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets evaluators claim different
+items at once; either way no single-label item is leased to two evaluators.
+
+An item's ``state`` is recomputed from its live (not retracted) label rows after every change
+(``_settle``): ``open`` while it wants labels, ``done`` once single-labeled or agreed,
+``review`` on a disagreement or a flag, ``resolved`` once a lead decided.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from features import active
+from serving.labeling.tables import items_table, labels_table, leases_table, users_table
+from serving.store import Store
+
+ROLES = ("evaluator", "lead", "admin")
+# What each role may do beyond the one below it.
+ROLE_RANK = {r: i for i, r in enumerate(ROLES)}
+KINDS = ("label", "skip", "flag", "resolve")
+SOURCES = ("upload", "traffic", "import", "feedback")
+
+I = items_table  # noqa: E741  (short names keep the queries readable)
+L = labels_table
+LE = leases_table
+U = users_table
+
+
+class LabelingError(Exception):
+    """A request the workspace cannot carry out; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 409, fields: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message, self.status, self.fields = message, status, list(fields)
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    password_hash: str
+    disabled: bool
+    failed_logins: int
+    last_failed_at: datetime | None
+
+    def can(self, role: str) -> bool:
+        """Whether this user holds ``role`` or a higher one."""
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+@dataclass
+class NewItem:
+    """A post entering the pool, with the served model's view of it (if scored)."""
+
+    text: str
+    text_key: str
+    source: str = "upload"
+    external_id: str | None = None
+    channel: str | None = None
+    author: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    model_version: str | None = None
+    suggestion: dict[str, Any] | None = None
+    uncertainty: float = 0.0
+    embedding: np.ndarray | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass
+class AddResult:
+    added: list[int] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """How the queue hands items out (from the service settings)."""
+
+    lease_seconds: float = 600.0
+    audit_share: float = 0.1
+    agreement_share: float = 0.1
+    seed: int = 0
+
+
+def text_key(normalized: str) -> str:
+    """The pool's identity of a post: its normalized text, case and spacing folded."""
+    folded = " ".join(normalized.casefold().split())
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+
+
+def _share(key: str, salt: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) for an item: the audit and agreement draws
+    never move when the pool is rebuilt."""
+    h = hashlib.blake2b(f"{seed}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def _user(row: Any) -> User:
+    m = row._mapping
+    return User(
+        id=m["id"],
+        name=m["name"],
+        role=m["role"],
+        password_hash=m["password_hash"],
+        disabled=bool(m["disabled"]),
+        failed_logins=m["failed_logins"],
+        last_failed_at=_aware(m["last_failed_at"]),
+    )
+
+
+def _item_dict(row: Any) -> dict[str, Any]:
+    m = dict(row._mapping)
+    m.pop("embedding", None)
+    for k in ("created_at", "expires_at"):
+        if k in m:
+            m[k] = _aware(m[k])
+    return m
+
+
+def agree(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> bool:
+    """Two answers agree when every task both gave has the same label."""
+    a, b = a or {}, b or {}
+    return all(a[t] == b[t] for t in set(a) & set(b))
+
+
+class LabelingStore:
+    """The workspace over the service's ``Store`` (same engine, same transactions)."""
+
+    def __init__(self, store: Store, config: QueueConfig | None = None) -> None:
+        self.store = store
+        self.config = config or QueueConfig()
+        self._rng = random.Random()
+
+    @property
+    def _pg(self) -> bool:
+        return self.store.dialect == "postgresql"
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str, password_hash: str) -> User:
+        if role not in ROLES:
+            raise LabelingError(f"role: must be one of {list(ROLES)}", 422, ["role"])
+        row = {
+            "name": name,
+            "role": role,
+            "password_hash": password_hash,
+            "disabled": False,
+            "failed_logins": 0,
+            "created_at": _now(),
+        }
+        try:
+            with self.store._write() as conn:
+                conn.execute(insert(U).values(**row))
+        except IntegrityError:
+            raise LabelingError(f"name: a user {name!r} exists already", 409, ["name"]) from None
+        user = self.get_user(name=name)
+        assert user is not None
+        return user
+
+    def get_user(self, user_id: int | None = None, *, name: str | None = None) -> User | None:
+        q = select(U).where(U.c.id == user_id) if user_id is not None else None
+        if q is None:
+            q = select(U).where(U.c.name == name)
+        with self.store.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return _user(row) if row is not None else None
+
+    def list_users(self) -> list[User]:
+        with self.store.engine.connect() as conn:
+            return [_user(r) for r in conn.execute(select(U).order_by(U.c.name)).all()]
+
+    def update_user(self, user_id: int, **values: Any) -> User:
+        allowed = {"role", "password_hash", "disabled", "failed_logins", "last_failed_at"}
+        bad = sorted(set(values) - allowed)
+        if bad:
+            raise ValueError(f"cannot update {bad}")
+        if "role" in values and values["role"] not in ROLES:
+            raise LabelingError(f"role: must be one of {list(ROLES)}", 422, ["role"])
+        with self.store._write() as conn:
+            n = conn.execute(update(U).where(U.c.id == user_id).values(**values)).rowcount
+        if not n:
+            raise LabelingError(f"no user {user_id}", 404)
+        user = self.get_user(user_id)
+        assert user is not None
+        return user
+
+    def record_login(self, user_id: int, ok: bool) -> None:
+        """Count a failed sign-in (the next attempt is slowed down), or clear the count."""
+        values: dict[str, Any]
+        if ok:
+            values = {"failed_logins": 0, "last_failed_at": None}
+        else:
+            values = {"failed_logins": U.c.failed_logins + 1, "last_failed_at": _now()}
+        with self.store._write() as conn:
+            conn.execute(update(U).where(U.c.id == user_id).values(**values))
+
+    # -- the pool -------------------------------------------------------------------------
+
+    def add_items(self, items: Sequence[NewItem]) -> AddResult:
+        """Add posts; one whose ``text_key`` is already pooled (or repeats within ``items``)
+        counts as a duplicate and changes nothing."""
+        result = AddResult()
+        seen: set[str] = set()
+        fresh = []
+        for it in items:
+            if it.text_key in seen:
+                result.duplicates += 1
+                continue
+            seen.add(it.text_key)
+            fresh.append(it)
+        if not fresh:
+            return result
+        now = _now()
+        cfg = self.config
+        with self.store._write(I) as conn:
+            for chunk_start in range(0, len(fresh), 500):
+                chunk = fresh[chunk_start : chunk_start + 500]
+                keys = [it.text_key for it in chunk]
+                known = set(
+                    conn.execute(select(I.c.text_key).where(I.c.text_key.in_(keys))).scalars()
+                )
+                rows = []
+                for it in chunk:
+                    if it.text_key in known:
+                        result.duplicates += 1
+                        continue
+                    rows.append(
+                        {
+                            "text_key": it.text_key,
+                            "text": it.text,
+                            "external_id": it.external_id,
+                            "channel": it.channel,
+                            "author": it.author,
+                            "context": it.context,
+                            "source": it.source,
+                            "model_version": it.model_version,
+                            "suggestion": it.suggestion,
+                            "uncertainty": float(it.uncertainty),
+                            "priority": float(it.uncertainty),
+                            "audit": _share(it.text_key, "audit", cfg.seed) < cfg.audit_share,
+                            "rand": _share(it.text_key, "rand", cfg.seed),
+                            "needed": 2
+                            if _share(it.text_key, "agree", cfg.seed) < cfg.agreement_share
+                            else 1,
+                            "done": 0,
+                            "state": "open",
+                            "embedding": None
+                            if it.embedding is None
+                            else np.asarray(it.embedding, dtype=np.float16).tobytes(),
+                            "created_at": now,
+                            "expires_at": it.expires_at,
+                        }
+                    )
+                if rows:
+                    ids = conn.execute(insert(I).returning(I.c.id), rows).scalars().all()
+                    result.added.extend(ids)
+        return result
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Drop sampled traffic past its retention that nobody labeled (labeled items stay:
+        their labels are training data)."""
+        now = now or _now()
+        labeled = exists().where(L.c.item_id == I.c.id)
+        with self.store._write(I) as conn:
+            return conn.execute(
+                delete(I).where(I.c.expires_at.is_not(None), I.c.expires_at <= now, ~labeled)
+            ).rowcount
+
+    def get_item(self, item_id: int) -> dict[str, Any] | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(I).where(I.c.id == item_id)).first()
+        return _item_dict(row) if row is not None else None
+
+    def pool_counts(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(I.c.state, func.count()).group_by(I.c.state)).all()
+        counts = {s: 0 for s in ("open", "done", "review", "resolved")}
+        counts.update({s: int(n) for s, n in rows})
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def next_items(self, user_id: int, n: int = 2, now: datetime | None = None) -> list[dict]:
+        """The items this evaluator should label next, leased to them: the ones they hold
+        already (renewed), then fresh claims, up to ``n`` (the page shows the first and
+        preloads the rest)."""
+        now = now or _now()
+        until = now + timedelta(seconds=self.config.lease_seconds)
+        with self.store._write() as conn:
+            conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.expires_at <= now))
+            held = (
+                conn.execute(
+                    select(LE.c.item_id).where(LE.c.user_id == user_id).order_by(LE.c.leased_at)
+                )
+                .scalars()
+                .all()
+            )
+            held = list(held[:n])
+            if held:
+                conn.execute(
+                    update(LE)
+                    .where(LE.c.user_id == user_id, LE.c.item_id.in_(held))
+                    .values(expires_at=until)
+                )
+            while len(held) < n:
+                item_id = self._claim(conn, user_id, now)
+                if item_id is None:
+                    break
+                conn.execute(
+                    insert(LE).values(
+                        item_id=item_id, user_id=user_id, expires_at=until, leased_at=now
+                    )
+                )
+                held.append(item_id)
+                now += timedelta(microseconds=1)  # keeps the page's order stable
+            if not held:
+                return []
+            rows = conn.execute(select(I).where(I.c.id.in_(held))).all()
+        by_id = {r._mapping["id"]: _item_dict(r) for r in rows}
+        out = []
+        for i in held:
+            item = by_id[i]
+            item["lease_expires_at"] = until
+            out.append(item)
+        return out
+
+    def _claim(self, conn: Connection, user_id: int, now: datetime) -> int | None:
+        """One more item for ``user_id``: from the random audit slice with probability
+        ``audit_share`` (so accuracy measured on it is unbiased), else the head of the
+        active-learning order; the other source when one is empty."""
+        audit_first = self._rng.random() < self.config.audit_share
+        for audit in (audit_first, not audit_first):
+            found = self._claim_from(conn, user_id, now, audit)
+            if found is not None:
+                return found
+        return None
+
+    def _claim_from(self, conn: Connection, user_id: int, now: datetime, audit: bool) -> int | None:
+        live_leases = (
+            select(func.count())
+            .where(LE.c.item_id == I.c.id, LE.c.expires_at > now)
+            .scalar_subquery()
+        )
+        answered = exists().where(
+            L.c.item_id == I.c.id, L.c.user_id == user_id, L.c.retracted_at.is_(None)
+        )
+        mine = exists().where(LE.c.item_id == I.c.id, LE.c.user_id == user_id)
+        order = I.c.rand if audit else I.c.priority.desc()
+        q = (
+            select(I.c.id)
+            .where(
+                I.c.state == "open",
+                I.c.audit == audit,
+                I.c.done + live_leases < I.c.needed,
+                ~answered,
+                ~mine,
+                or_(I.c.expires_at.is_(None), I.c.expires_at > now),
+            )
+            .order_by(order, I.c.id)
+            .limit(1)
+        )
+        if self._pg:
+            q = q.with_for_update(of=I, skip_locked=True)
+        return conn.execute(q).scalar()
+
+    def release(self, user_id: int, item_id: int) -> None:
+        with self.store._write() as conn:
+            conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.item_id == item_id))
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        user_id: int,
+        item_id: int,
+        *,
+        kind: str,
+        idempotency_key: str,
+        labels: Mapping[str, str] | None = None,
+        note: str | None = None,
+        duration_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Record an evaluator's answer (label, skip or flag) and release their lease, in one
+        transaction. A retry with the same ``idempotency_key`` returns the first answer's
+        record and changes nothing. A late answer (lease expired, someone else labeled it
+        meanwhile) is kept all the same: it becomes an extra opinion, never lost."""
+        if kind not in ("label", "skip", "flag"):
+            raise LabelingError(f"kind: must be label, skip or flag, not {kind!r}", 422, ["kind"])
+        if kind == "label" and not labels:
+            raise LabelingError("labels: required for a label", 422, ["labels"])
+        replay = self._by_key(user_id, idempotency_key)
+        if replay is not None:
+            return self._replayed(replay, item_id)
+        now = _now()
+        try:
+            with self.store._write() as conn:
+                item = self._lock_item(conn, item_id)
+                if item is None:
+                    raise LabelingError(f"no item {item_id}", 404, ["item_id"])
+                # Checked again under the lock: a retry may have landed since the first look.
+                done_before = conn.execute(
+                    select(L.c.id, L.c.item_id, L.c.kind).where(
+                        L.c.user_id == user_id, L.c.idempotency_key == idempotency_key
+                    )
+                ).first()
+                if done_before is not None:
+                    replayed = {**done_before._mapping, "state": item["state"]}
+                    return self._replayed(replayed, item_id)
+                if item["state"] == "resolved":
+                    raise LabelingError(f"item {item_id} was resolved by a lead", 409)
+                previous = conn.execute(
+                    select(L.c.id).where(
+                        L.c.item_id == item_id,
+                        L.c.user_id == user_id,
+                        L.c.retracted_at.is_(None),
+                        L.c.kind.in_(("label", "flag")),
+                    )
+                ).first()
+                if previous is not None and kind != "skip":
+                    raise LabelingError(
+                        f"item {item_id}: you answered it already (undo first to change it)", 409
+                    )
+                suggestion = item["suggestion"] or {}
+                changed = sorted(
+                    t
+                    for t, lab in (labels or {}).items()
+                    if t in suggestion and suggestion[t].get("label") != lab
+                )
+                label_id = conn.execute(
+                    insert(L)
+                    .returning(L.c.id)
+                    .values(
+                        item_id=item_id,
+                        user_id=user_id,
+                        kind=kind,
+                        labels=dict(labels) if labels else None,
+                        suggestion={
+                            t: {"label": s.get("label"), "confidence": s.get("confidence")}
+                            for t, s in suggestion.items()
+                        }
+                        or None,
+                        model_version=item["model_version"],
+                        changed=changed if kind == "label" else None,
+                        note=note,
+                        idempotency_key=idempotency_key,
+                        created_at=now,
+                        duration_ms=duration_ms,
+                    )
+                ).scalar_one()
+                conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.item_id == item_id))
+                state = self._settle(conn, item_id)
+        except IntegrityError:
+            # The same key raced in from a retry on another connection: that one won.
+            replay = self._by_key(user_id, idempotency_key)
+            if replay is None:
+                raise
+            return self._replayed(replay, item_id)
+        return {"id": label_id, "item_id": item_id, "kind": kind, "state": state, "replay": False}
+
+    def _by_key(self, user_id: int, key: str) -> dict[str, Any] | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(L.c.id, L.c.item_id, L.c.kind, I.c.state)
+                .join(I, I.c.id == L.c.item_id)
+                .where(L.c.user_id == user_id, L.c.idempotency_key == key)
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    @staticmethod
+    def _replayed(row: Mapping[str, Any], item_id: int) -> dict[str, Any]:
+        if row["item_id"] != item_id:
+            raise LabelingError(
+                "idempotency_key: already used for another item", 422, ["idempotency_key"]
+            )
+        return {**row, "replay": True}
+
+    def _lock_item(self, conn: Connection, item_id: int) -> dict[str, Any] | None:
+        q = select(I).where(I.c.id == item_id)
+        if self._pg:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        return _item_dict(row) if row is not None else None
+
+    def _settle(self, conn: Connection, item_id: int) -> str:
+        """Recompute the item's ``done`` count and ``state`` from its live rows."""
+        rows = conn.execute(
+            select(L.c.kind, L.c.labels)
+            .where(L.c.item_id == item_id, L.c.retracted_at.is_(None))
+            .order_by(L.c.id)
+        ).all()
+        item = conn.execute(select(I.c.needed).where(I.c.id == item_id)).scalar_one()
+        answers = [r.labels for r in rows if r.kind == "label"]
+        if any(r.kind == "resolve" for r in rows):
+            state = "resolved"
+        elif any(r.kind == "flag" for r in rows):
+            state = "review"
+        elif len(answers) >= item:
+            state = "done" if all(agree(answers[0], a) for a in answers[1:]) else "review"
+        else:
+            state = "open"
+        conn.execute(update(I).where(I.c.id == item_id).values(done=len(answers), state=state))
+        return state
+
+    def undo(self, user_id: int, now: datetime | None = None) -> dict[str, Any] | None:
+        """Retract this evaluator's latest answer (kept, marked retracted, for the record) and
+        hand the item back to them at the head of their queue. None if there is nothing to
+        undo; refused once a lead resolved the item."""
+        now = now or _now()
+        with self.store._write() as conn:
+            row = conn.execute(
+                select(L.c.id, L.c.item_id, L.c.kind)
+                .where(
+                    L.c.user_id == user_id,
+                    L.c.retracted_at.is_(None),
+                    L.c.kind.in_(("label", "skip", "flag")),
+                )
+                .order_by(L.c.id.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            item = self._lock_item(conn, row.item_id)
+            if item is not None and item["state"] == "resolved":
+                raise LabelingError(f"item {row.item_id} was resolved by a lead; too late", 409)
+            conn.execute(update(L).where(L.c.id == row.id).values(retracted_at=now))
+            state = self._settle(conn, row.item_id)
+            until = now + timedelta(seconds=self.config.lease_seconds)
+            # Back at the head: leased before anything the evaluator holds.
+            first = conn.execute(
+                select(func.min(LE.c.leased_at)).where(LE.c.user_id == user_id)
+            ).scalar()
+            at = min(_aware(first) or now, now) - timedelta(seconds=1)
+            conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.item_id == row.item_id))
+            conn.execute(
+                insert(LE).values(
+                    item_id=row.item_id, user_id=user_id, expires_at=until, leased_at=at
+                )
+            )
+        return {"id": row.id, "item_id": row.item_id, "kind": row.kind, "state": state}
+
+    def resolve(
+        self,
+        lead_id: int,
+        item_id: int,
+        labels: Mapping[str, str],
+        idempotency_key: str,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """A lead's final labels for an item (a disagreement, a flag, or any item)."""
+        replay = self._by_key(lead_id, idempotency_key)
+        if replay is not None:
+            return self._replayed(replay, item_id)
+        with self.store._write() as conn:
+            item = self._lock_item(conn, item_id)
+            if item is None:
+                raise LabelingError(f"no item {item_id}", 404, ["item_id"])
+            conn.execute(
+                update(L)
+                .where(L.c.item_id == item_id, L.c.kind == "resolve", L.c.retracted_at.is_(None))
+                .values(retracted_at=_now())
+            )
+            label_id = conn.execute(
+                insert(L)
+                .returning(L.c.id)
+                .values(
+                    item_id=item_id,
+                    user_id=lead_id,
+                    kind="resolve",
+                    labels=dict(labels),
+                    model_version=item["model_version"],
+                    note=note,
+                    idempotency_key=idempotency_key,
+                    created_at=_now(),
+                )
+            ).scalar_one()
+            conn.execute(delete(LE).where(LE.c.item_id == item_id))
+            state = self._settle(conn, item_id)
+        return {"id": label_id, "item_id": item_id, "kind": "resolve", "state": state}
+
+    # -- reading labels ---------------------------------------------------------------------
+
+    def records(
+        self, *, kinds: Iterable[str] = ("label", "resolve", "flag"), item_ids=None
+    ) -> list[dict[str, Any]]:
+        """Live label rows joined with their item and evaluator, oldest first: what the
+        stats, review and export are computed from."""
+        q = (
+            select(
+                L.c.id,
+                L.c.item_id,
+                L.c.kind,
+                L.c.labels,
+                L.c.suggestion,
+                L.c.model_version,
+                L.c.changed,
+                L.c.note,
+                L.c.created_at,
+                L.c.duration_ms,
+                U.c.name.label("evaluator"),
+                U.c.role,
+                I.c.text,
+                I.c.text_key,
+                I.c.channel,
+                I.c.author,
+                I.c.source,
+                I.c.state,
+                I.c.needed,
+                I.c.external_id,
+            )
+            .join(U, U.c.id == L.c.user_id)
+            .join(I, I.c.id == L.c.item_id)
+            .where(L.c.retracted_at.is_(None), L.c.kind.in_(tuple(kinds)))
+            .order_by(L.c.id)
+        )
+        if item_ids is not None:
+            q = q.where(L.c.item_id.in_(list(item_ids)))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for r in rows:
+            m = dict(r._mapping)
+            m["labeled_at"] = _aware(m.pop("created_at"))
+            out.append(m)
+        return out
+
+    def review_queue(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Items waiting for a lead (disagreements and flags), oldest first, with every live
+        answer given."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(I).where(I.c.state == "review").order_by(I.c.id).limit(limit)
+            ).all()
+        items = [_item_dict(r) for r in rows]
+        answers = self.records(kinds=("label", "flag"), item_ids=[i["id"] for i in items])
+        for item in items:
+            item["answers"] = [a for a in answers if a["item_id"] == item["id"]]
+        return items
+
+    def unlabeled_items(self, limit: int | None = None) -> list[dict[str, Any]]:
+        q = select(I).where(I.c.done == 0, I.c.state == "open").order_by(I.c.id)
+        if limit:
+            q = q.limit(limit)
+        with self.store.engine.connect() as conn:
+            return [_item_dict(r) for r in conn.execute(q).all()]
+
+    # -- active learning ------------------------------------------------------------------
+
+    def refresh_priorities(
+        self, head: int = 500, *, diversity_weight: float = 0.5, labeled_cap: int = 2000
+    ) -> int:
+        """Re-order the queue's head by uncertainty and diversity (``features.active``): the
+        ``head * 4`` most uncertain open items are ranked by greedy k-center against the
+        most recently labeled ones; the first ``head`` get priorities above every plain
+        uncertainty (which stays the order of the rest). Returns how many were ranked."""
+        with self.store.engine.connect() as conn:
+            cand = conn.execute(
+                select(I.c.id, I.c.uncertainty, I.c.embedding)
+                .where(I.c.state == "open", I.c.audit == false(), I.c.embedding.is_not(None))
+                .order_by(I.c.uncertainty.desc(), I.c.id)
+                .limit(head * 4)
+            ).all()
+            done = (
+                conn.execute(
+                    select(I.c.embedding)
+                    .where(I.c.done > 0, I.c.embedding.is_not(None))
+                    .order_by(I.c.id.desc())
+                    .limit(labeled_cap)
+                )
+                .scalars()
+                .all()
+            )
+        if not cand:
+            return 0
+        vecs = np.stack([np.frombuffer(c.embedding, dtype=np.float16) for c in cand])
+        labeled = np.stack([np.frombuffer(b, dtype=np.float16) for b in done]) if done else None
+        order = active.select(
+            np.array([c.uncertainty for c in cand]),
+            vecs.astype(np.float32),
+            min(head, len(cand)),
+            labeled.astype(np.float32) if labeled is not None else None,
+            pool_factor=4.0,
+            diversity_weight=diversity_weight,
+        )
+        ranked = {cand[j].id: 2.0 - rank / max(1, len(order)) for rank, j in enumerate(order)}
+        with self.store._write() as conn:
+            # Items ranked before but not now fall back to their plain uncertainty.
+            conn.execute(
+                update(I)
+                .where(I.c.state == "open", I.c.priority > 1.0, ~I.c.id.in_(list(ranked)))
+                .values(priority=I.c.uncertainty)
+            )
+            conn.execute(
+                update(I)
+                .where(and_(I.c.id == bindparam("b_id"), I.c.state == "open"))
+                .values(priority=bindparam("b_prio")),
+                [{"b_id": i, "b_prio": p} for i, p in ranked.items()],
+            )
+        return len(ranked)
