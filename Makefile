@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow train bench lint clean
+.PHONY: setup browser run test test-slow train bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -29,8 +29,20 @@ run: $(STAMP)
 	 echo "caretriage: try  curl -s -H 'Authorization: Bearer $${key%%,*}' http://127.0.0.1:8000/v1/model"; \
 	 CARETRIAGE_API_KEYS="$$key" exec $(PY) -m caretriage_cli serve
 
-# The fast suite (CI). Real fine-tuning lives under the `slow` marker: make test-slow.
-test: $(STAMP)
+# Debian's Chromium for the browser tests (tests/browser.py drives it through Playwright).
+# Installed from apt only when missing; `playwright install` is never run: no browser download.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  echo "caretriage: installing Debian's chromium (browser tests)"; \
+	  $(APT) install -y -q --no-install-recommends chromium fonts-dejavu-core \
+	    || { $(APT) update -q && $(APT) install -y -q --no-install-recommends chromium fonts-dejavu-core; }; \
+	fi
+
+# The fast suite (CI), browser tests included. Real fine-tuning lives under the `slow` marker.
+test: $(STAMP) browser
 	$(PY) -m pytest -m "not slow"
 
 test-slow: $(STAMP)

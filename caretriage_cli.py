@@ -137,6 +137,112 @@ def cmd_health(args) -> int:
     return 0 if ok else 1
 
 
+def _database_url(args) -> str:
+    """The store the server uses (``CARETRIAGE_DATABASE_URL``), without needing API keys."""
+    import os
+
+    from serving.settings import Settings
+
+    return args.database_url or os.environ.get(
+        "CARETRIAGE_DATABASE_URL", Settings.model_fields["database_url"].default
+    )
+
+
+def _store(args):
+    from serving.store import Store
+
+    store = Store(_database_url(args))
+    try:
+        store.upgrade()
+    except Exception as e:  # one line, not a traceback: usually the URL or the server
+        from serving.store import describe_url
+
+        raise SystemExit(
+            f"caretriage: cannot open the store at {describe_url(store.url)}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    return store
+
+
+def cmd_db(args) -> int:
+    from serving.store import describe_url
+
+    store = _store(args)
+    print(f"{describe_url(store.url)}: schema at revision {store.revision()}")
+    return 0
+
+
+def cmd_users(args) -> int:
+    from serving.labeling.accounts import MIN_PASSWORD, hash_password
+    from serving.labeling.store import LabelingError, LabelingStore
+
+    ls = LabelingStore(_store(args))
+    if args.action == "list":
+        for u in ls.list_users():
+            print(f"{u.name}\t{u.role}\t{'disabled' if u.disabled else 'active'}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"caretriage users {args.action}: NAME is required")
+    generated = False
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password, generated = secrets.token_urlsafe(12), True
+    if len(password) < MIN_PASSWORD:
+        raise SystemExit(f"caretriage: the password needs at least {MIN_PASSWORD} characters")
+    try:
+        if args.action == "add":
+            user = ls.add_user(args.name, args.role, hash_password(password))
+        else:  # passwd
+            found = ls.get_user(name=args.name)
+            if found is None:
+                raise SystemExit(f"caretriage: no user {args.name!r}")
+            user = ls.update_user(
+                found.id, password_hash=hash_password(password), failed_logins=0, disabled=False
+            )
+    except LabelingError as e:
+        raise SystemExit(f"caretriage: {e.message}") from e
+    host = args.url.rstrip("/")
+    print(f"{user.role} {user.name!r} is ready: sign in at {host}/label")
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+def cmd_labels(args) -> int:
+    from features.bundle import read_bundle
+    from features.text import normalizer
+    from serving.labeling.export import import_label_studio, write_export
+    from serving.labeling.store import LabelingStore
+    from serving.settings import default_model_dir
+
+    ls = LabelingStore(_store(args))
+    bundle = read_bundle(args.model_dir or default_model_dir())
+    tasks = bundle.schema_.names
+    if args.action == "export":
+        fmt = args.format
+        out = args.out or f"labels.{ {'label-studio': 'ls.json'}.get(fmt, fmt) }"
+        n = write_export(ls, out, fmt, tasks)
+        print(json.dumps({"file": out, "format": fmt, "rows": n}))
+        return 0
+    if not args.file:
+        raise SystemExit("caretriage labels import: FILE is required")
+    data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    report = import_label_studio(ls, data, tasks, normalizer(bundle.meta.normalizer))
+    print(
+        json.dumps(
+            {
+                "items_added": report.items_added,
+                "labels_added": report.labels_added,
+                "labels_already_there": report.labels_known,
+                "errors": report.errors[:50],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_keygen(args) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -211,6 +317,38 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=2.0)
     h.set_defaults(fn=cmd_health)
 
+    def db_opt(q):
+        q.add_argument(
+            "--database-url", help="default: CARETRIAGE_DATABASE_URL, else the embedded SQLite"
+        )
+
+    d = sub.add_parser("db", help="the store's schema: `caretriage db upgrade`")
+    d.add_argument("action", choices=["upgrade"])
+    db_opt(d)
+    d.set_defaults(fn=cmd_db)
+
+    u = sub.add_parser("users", help="labeling accounts: add, passwd (new password), list")
+    u.add_argument("action", choices=["add", "passwd", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--role", choices=["evaluator", "lead", "admin"], default="evaluator")
+    u.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: generate one and print it)",
+    )
+    u.add_argument("--url", default="http://127.0.0.1:8000", help="where the server answers")
+    db_opt(u)
+    u.set_defaults(fn=cmd_users)
+
+    lab = sub.add_parser("labels", help="export labels with provenance, or import Label Studio")
+    lab.add_argument("action", choices=["export", "import"])
+    lab.add_argument("file", nargs="?", help="import: a Label Studio JSON export")
+    lab.add_argument("--format", choices=["jsonl", "parquet", "label-studio"], default="jsonl")
+    lab.add_argument("--out", help="export: the file to write")
+    lab.add_argument("--model-dir", help="the bundle whose label schema applies")
+    db_opt(lab)
+    lab.set_defaults(fn=cmd_labels)
+
     k = sub.add_parser("keygen", help="print a new random API key")
     k.set_defaults(fn=cmd_keygen)
     return p
@@ -220,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin otherwise
     args = parser().parse_args(argv)
     return args.fn(args)
 

@@ -7,8 +7,10 @@ and starts the batcher; routes receive them through ``serving.deps``. Run with
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,8 +25,9 @@ from serving.batcher import Batcher
 from serving.deps import check_auth_first
 from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.inference import Scorer
+from serving.labeling.workspace import Workspace
 from serving.priority import load_policy
-from serving.routers import agents, health, model, score
+from serving.routers import agents, health, labeling, model, pages, score, users
 from serving.settings import Settings
 from serving.store import Store
 
@@ -107,23 +110,43 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
         )
         await run_in_threadpool(scorer.warmup)
         store = Store(settings.database_url)
-        await run_in_threadpool(store.create_all)
+        await run_in_threadpool(store.upgrade)
+        workspace = Workspace.build(store, settings)
         batcher = Batcher(
             scorer, max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens
         )
         batcher.start()
         state.bundle, state.policy, state.scorer = bundle, policy, scorer
-        state.store, state.batcher = store, batcher
+        state.store, state.batcher, state.workspace = store, batcher, workspace
+        upkeep = asyncio.create_task(_upkeep(workspace))
         log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
         try:
             yield
         finally:
+            upkeep.cancel()
             await batcher.stop()
             await run_in_threadpool(scorer.close)
             store.dispose()
-            state.batcher = state.scorer = state.store = None
+            state.batcher = state.scorer = state.store = state.workspace = None
 
     return lifespan
+
+
+async def _upkeep(workspace: Workspace, period: float = 2.0) -> None:
+    """Re-rank the labeling queue's head while labels arrive, and drop sampled traffic past
+    its retention, off the request path. Errors are logged, never fatal."""
+    purged_at = 0.0
+    while True:
+        await asyncio.sleep(period)
+        try:
+            if workspace.refresh_due():
+                await run_in_threadpool(workspace.refresh)
+            now = time.monotonic()
+            if now - purged_at > 3600:
+                purged_at = now
+                await run_in_threadpool(workspace.labels.purge_expired)
+        except Exception:
+            log.exception("labeling upkeep failed; retrying")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -141,10 +164,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = settings.api_key_bytes()
     app.state.auth_first = check_auth_first
     app.state.bundle = app.state.policy = app.state.scorer = None
-    app.state.store = app.state.batcher = None
+    app.state.store = app.state.batcher = app.state.workspace = None
     install_error_handlers(app)
-    for r in (health.router, model.router, agents.router, score.router):
+    for r in (
+        health.router,
+        model.router,
+        agents.router,
+        score.router,
+        labeling.router,
+        users.router,
+        pages.router,
+    ):
         app.include_router(r)
+    pages.mount_static(app)
     # Added last = outermost: ids first, then the size limit before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -20,12 +20,25 @@ def check(settings: Settings) -> None:
 
     from features.bundle import BundleError, read_bundle
     from serving.priority import PolicyError, load_policy
+    from serving.store import Store, describe_url
 
     try:
         read_bundle(settings.model_dir)
         load_policy(settings.policy_file)
     except (BundleError, PolicyError, ValidationError) as e:
         raise SystemExit(f"caretriage: cannot serve: {e}") from e
+    store = Store(settings.database_url)
+    try:
+        store.upgrade()
+    except Exception as e:  # the store's own words, one line: not a traceback
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SystemExit(
+            f"caretriage: cannot serve: the store at {describe_url(store.url)} "
+            f"({type(e).__name__}: {first}); check CARETRIAGE_DATABASE_URL and that the "
+            "database server is up"
+        ) from e
+    finally:
+        store.dispose()
 
 
 def ready_url(environ: dict[str, str] | None = None) -> str:
@@ -58,6 +71,7 @@ def _configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def serve(settings: Settings | None = None) -> None:

@@ -7,14 +7,19 @@ through the thread pool, several hops per request."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from features.bundle import Bundle
 from serving.batcher import Batcher
-from serving.errors import ModelNotReady, Unauthorized
+from serving.errors import Forbidden, ModelNotReady, Unauthorized
+from serving.labeling.accounts import CSRF_HEADER, SESSION_COOKIE, Session, fingerprint
+from serving.labeling.store import User
+from serving.labeling.workspace import Workspace
 from serving.priority import Policy
 from serving.settings import Settings
 from serving.store import Store
@@ -48,6 +53,47 @@ async def get_store(request: Request) -> Store:
 
 async def get_policy(request: Request) -> Policy:
     return _loaded(request, "policy")  # type: ignore[return-value]
+
+
+async def get_workspace(request: Request) -> Workspace:
+    return _loaded(request, "workspace")  # type: ignore[return-value]
+
+
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+async def session_of(request: Request, ws: Workspace) -> tuple[User, Session] | None:
+    """The signed-in user behind the request's session cookie, or None (no cookie, a bad or
+    expired signature, a disabled account, or a password changed since)."""
+    session = ws.signer.read_session(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return None
+    user = await run_in_threadpool(ws.labels.get_user, session.user_id)
+    if user is None or user.disabled or fingerprint(user.password_hash) != session.fingerprint:
+        return None
+    return user, session
+
+
+def require_role(role: str) -> Callable[..., Awaitable[User]]:
+    """A dependency: the signed-in user if they hold ``role`` (or above), else 401/403. A
+    state-changing request must also carry the session's CSRF token in ``X-CSRF-Token``. An
+    API key is not a session: helpdesk integrations cannot label."""
+
+    async def dependency(request: Request, ws: Annotated[Workspace, Depends(get_workspace)]):
+        found = await session_of(request, ws)
+        if found is None:
+            raise Unauthorized("not signed in: sign in at /login")
+        user, session = found
+        if not user.can(role):
+            raise Forbidden(f"this needs the {role} role; {user.name} is {user.role}")
+        if request.method not in _SAFE_METHODS and not ws.signer.check_csrf(
+            session.nonce, request.headers.get(CSRF_HEADER)
+        ):
+            raise Forbidden(f"missing or invalid CSRF token: send the {CSRF_HEADER} header")
+        request.state.session = session
+        return user
+
+    return dependency
 
 
 def _verify(request: Request, token: str | None) -> None:
@@ -92,3 +138,7 @@ BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 PolicyDep = Annotated[Policy, Depends(get_policy)]
 Authorized = Depends(require_api_key)
+WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
+Evaluator = Annotated[User, Depends(require_role("evaluator"))]
+Lead = Annotated[User, Depends(require_role("lead"))]
+Admin = Annotated[User, Depends(require_role("admin"))]

@@ -61,6 +61,24 @@ class Unauthorized(ApiError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    status_code = 403
+    error = "forbidden"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error = "conflict"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    error = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after + 0.5)))})
+
+
 class NotFound(ApiError):
     status_code = 404
     error = "not_found"
@@ -105,7 +123,10 @@ class InternalError(ApiError):
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting our error body for ``codes``."""
     text = {
-        401: "Missing or invalid API key.",
+        401: "Missing or invalid API key (or, on labeling routes, not signed in).",
+        403: "Signed in, but the role does not allow this.",
+        409: "Conflicts with the item's state (e.g. answered already).",
+        429: "Too many attempts; retry after the Retry-After header.",
         404: "No such resource.",
         413: "Request body too large.",
         422: "Invalid request; `fields` names each field at fault.",
@@ -119,7 +140,9 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     for cls in (
         BadRequest,
         Unauthorized,
+        Forbidden,
         NotFound,
+        Conflict,
         MethodNotAllowed,
         PayloadTooLarge,
         ValidationFailed,

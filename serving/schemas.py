@@ -237,3 +237,122 @@ class Readiness(BaseModel):
     model: str
     version: str
     queued_posts: int
+
+
+# -- the labeling workspace ----------------------------------------------------------------------
+
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Chosen by the client per answer; a retry with the same key counts once.",
+    ),
+]
+LabelName = Annotated[Stored, Field(min_length=1, max_length=100)]
+Note = Annotated[Stored, Field(max_length=2000)]
+
+
+class Suggestion(BaseModel):
+    label: str
+    confidence: float
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class LabelItem(BaseModel):
+    """A post as an evaluator sees it: the text, where it came from, the model's suggestions."""
+
+    id: int
+    text: str
+    channel: str | None = None
+    author: dict | None = None
+    context: dict | None = None
+    source: str
+    model_version: str | None = None
+    suggestion: dict[str, Suggestion] | None = None
+    needed: int
+    state: str
+    lease_expires_at: datetime | None = None
+
+
+class NextItems(BaseModel):
+    items: list[LabelItem]
+    remaining: int = Field(description="Items still open in the pool (all evaluators).")
+
+
+class Me(BaseModel):
+    name: str
+    role: str
+    csrf_token: str
+    tasks: dict[str, list[str]] = Field(description="The served label schema: task -> labels.")
+    model_version: str
+
+
+class Answer(_Strict):
+    """An evaluator's answer to a leased item: its labels (every task of the served schema),
+    a skip, or a flag with a note."""
+
+    kind: Literal["label", "skip", "flag"] = "label"
+    labels: dict[LabelName, LabelName] | None = None
+    note: Note | None = None
+    idempotency_key: IdempotencyKey
+    duration_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+
+
+class Resolution(_Strict):
+    """A lead's final labels for an item."""
+
+    labels: dict[LabelName, LabelName]
+    note: Note | None = None
+    idempotency_key: IdempotencyKey
+
+
+class AnswerResult(BaseModel):
+    id: int
+    item_id: int
+    kind: str
+    state: str = Field(description="The item's state after the answer: open, done, review...")
+    replay: bool = Field(default=False, description="True when this key was seen before.")
+
+
+class UploadPost(_Strict):
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    id: Stored | None = Field(default=None, max_length=200)
+    channel: Channel | None = None
+    author: Author | None = None
+    customer: Customer | None = None
+
+
+class UploadRequest(_Strict):
+    items: list[UploadPost] = Field(min_length=1, max_length=10_000)
+
+
+class RowError(BaseModel):
+    line: int = Field(description="1-based line in the file (JSON: the item's position); 0: all")
+    message: str
+    warning: bool = Field(default=False, description="A note (e.g. ignored columns): kept.")
+
+
+class UploadResult(BaseModel):
+    added: int
+    duplicates: int
+    errors: list[RowError] = Field(default_factory=list)
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Literal["evaluator", "lead", "admin"]
+    disabled: bool
+
+
+class NewUser(_Strict):
+    name: Stored = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
+    role: Literal["evaluator", "lead", "admin"] = "evaluator"
+    password: str = Field(min_length=10, max_length=200)
+
+
+class UserPatch(_Strict):
+    role: Literal["evaluator", "lead", "admin"] | None = None
+    disabled: bool | None = None
+    password: str | None = Field(default=None, min_length=10, max_length=200)

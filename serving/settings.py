@@ -7,7 +7,7 @@ keys, nor with keys short enough to guess.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from serving.schemas import MAX_POSTS
 
 MIN_KEY_LENGTH = 16
+MIN_SECRET_LENGTH = 32
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,6 +89,28 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
 
+    # -- the labeling workspace (/label) --
+    # Signs evaluators' session cookies; at least 32 characters. Unset: a random secret per
+    # process (sign-ins do not survive a restart and are not shared between processes).
+    session_secret: SecretStr | None = Field(default=None, repr=False)
+    session_max_age: int = Field(default=12 * 3600, ge=60)
+    # Send cookies only over HTTPS; turn on behind TLS.
+    cookie_secure: bool = False
+    # An item handed to an evaluator is theirs this long; then it returns to the queue.
+    lease_seconds: float = Field(default=600.0, gt=0)
+    # Share of pooled items drawn at random (unbiased accuracy) and labeled twice (agreement).
+    audit_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    agreement_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Share of /v1/score posts copied into the pool with their predictions (0: off), and how
+    # long an unlabeled copy is kept.
+    label_traffic_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    label_traffic_retention_days: float = Field(default=30.0, gt=0)
+    # How the queue ranks: per-task uncertainty (margin or entropy), weighed against
+    # diversity, re-ranked every ``label_refresh_seconds`` while labels arrive.
+    label_uncertainty: Literal["margin", "entropy"] = "margin"
+    label_diversity_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    label_refresh_seconds: float = Field(default=30.0, gt=0)
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
@@ -119,6 +142,15 @@ class Settings(BaseSettings):
                 f"{MIN_KEY_LENGTH} characters; refusing to start with guessable keys"
             )
         return self
+
+    @field_validator("session_secret")
+    @classmethod
+    def _long_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"CARETRIAGE_SESSION_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+            )
+        return v
 
     def api_key_bytes(self) -> list[bytes]:
         """The keys as bytes, the form ``hmac.compare_digest`` compares in constant time."""

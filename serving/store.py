@@ -75,6 +75,11 @@ def normalize_url(url: str | URL) -> URL:
     return u
 
 
+def describe_url(url: str | URL) -> str:
+    """The URL fit for a message: never its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _make_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, memory=url.database in {None, "", ":memory:"})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect
 
+from serving.labeling.queue import refresh_priorities
 from serving.labeling.store import (
     LabelingError,
     LabelingStore,
@@ -325,7 +326,7 @@ def test_refresh_puts_diverse_uncertain_items_first(backend):
     other = items("different", uncertainty=0.8)[0]
     other.embedding = rng.normal(size=16)
     ws.add_items([*batch, other])
-    assert ws.refresh_priorities(head=2, diversity_weight=0.5) == 2
+    assert refresh_priorities(ws, head=2, diversity_weight=0.5) == 2
     (u,) = users(ws, "eva")
     got = [i["text"] for i in ws.next_items(u, n=2)]
     assert got[0].startswith("dup") and got[1] == "different"

@@ -16,17 +16,14 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import (
     Connection,
-    and_,
-    bindparam,
     delete,
     exists,
-    false,
     func,
     insert,
     or_,
@@ -35,13 +32,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from features import active
+from serving.labeling.errors import LabelingError
+from serving.labeling.tables import aware as _aware
 from serving.labeling.tables import items_table, labels_table, leases_table, users_table
+from serving.labeling.tables import utcnow as _now
+from serving.labeling.users import ROLES, User, UserStore
 from serving.store import Store
 
-ROLES = ("evaluator", "lead", "admin")
-# What each role may do beyond the one below it.
-ROLE_RANK = {r: i for i, r in enumerate(ROLES)}
 KINDS = ("label", "skip", "flag", "resolve")
 SOURCES = ("upload", "traffic", "import", "feedback")
 
@@ -50,28 +47,7 @@ L = labels_table
 LE = leases_table
 U = users_table
 
-
-class LabelingError(Exception):
-    """A request the workspace cannot carry out; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, status: int = 409, fields: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.message, self.status, self.fields = message, status, list(fields)
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    name: str
-    role: str
-    password_hash: str
-    disabled: bool
-    failed_logins: int
-    last_failed_at: datetime | None
-
-    def can(self, role: str) -> bool:
-        """Whether this user holds ``role`` or a higher one."""
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+__all__ = ["ROLES", "LabelingError", "LabelingStore", "NewItem", "QueueConfig", "User"]
 
 
 @dataclass
@@ -121,30 +97,6 @@ def _share(key: str, salt: str, seed: int) -> float:
     return int.from_bytes(h, "little") / 2**64
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-
-
-def _user(row: Any) -> User:
-    m = row._mapping
-    return User(
-        id=m["id"],
-        name=m["name"],
-        role=m["role"],
-        password_hash=m["password_hash"],
-        disabled=bool(m["disabled"]),
-        failed_logins=m["failed_logins"],
-        last_failed_at=_aware(m["last_failed_at"]),
-    )
-
-
 def _item_dict(row: Any) -> dict[str, Any]:
     m = dict(row._mapping)
     m.pop("embedding", None)
@@ -160,7 +112,7 @@ def agree(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> bool:
     return all(a[t] == b[t] for t in set(a) & set(b))
 
 
-class LabelingStore:
+class LabelingStore(UserStore):
     """The workspace over the service's ``Store`` (same engine, same transactions)."""
 
     def __init__(self, store: Store, config: QueueConfig | None = None) -> None:
@@ -171,65 +123,6 @@ class LabelingStore:
     @property
     def _pg(self) -> bool:
         return self.store.dialect == "postgresql"
-
-    # -- accounts -------------------------------------------------------------------------
-
-    def add_user(self, name: str, role: str, password_hash: str) -> User:
-        if role not in ROLES:
-            raise LabelingError(f"role: must be one of {list(ROLES)}", 422, ["role"])
-        row = {
-            "name": name,
-            "role": role,
-            "password_hash": password_hash,
-            "disabled": False,
-            "failed_logins": 0,
-            "created_at": _now(),
-        }
-        try:
-            with self.store._write() as conn:
-                conn.execute(insert(U).values(**row))
-        except IntegrityError:
-            raise LabelingError(f"name: a user {name!r} exists already", 409, ["name"]) from None
-        user = self.get_user(name=name)
-        assert user is not None
-        return user
-
-    def get_user(self, user_id: int | None = None, *, name: str | None = None) -> User | None:
-        q = select(U).where(U.c.id == user_id) if user_id is not None else None
-        if q is None:
-            q = select(U).where(U.c.name == name)
-        with self.store.engine.connect() as conn:
-            row = conn.execute(q).first()
-        return _user(row) if row is not None else None
-
-    def list_users(self) -> list[User]:
-        with self.store.engine.connect() as conn:
-            return [_user(r) for r in conn.execute(select(U).order_by(U.c.name)).all()]
-
-    def update_user(self, user_id: int, **values: Any) -> User:
-        allowed = {"role", "password_hash", "disabled", "failed_logins", "last_failed_at"}
-        bad = sorted(set(values) - allowed)
-        if bad:
-            raise ValueError(f"cannot update {bad}")
-        if "role" in values and values["role"] not in ROLES:
-            raise LabelingError(f"role: must be one of {list(ROLES)}", 422, ["role"])
-        with self.store._write() as conn:
-            n = conn.execute(update(U).where(U.c.id == user_id).values(**values)).rowcount
-        if not n:
-            raise LabelingError(f"no user {user_id}", 404)
-        user = self.get_user(user_id)
-        assert user is not None
-        return user
-
-    def record_login(self, user_id: int, ok: bool) -> None:
-        """Count a failed sign-in (the next attempt is slowed down), or clear the count."""
-        values: dict[str, Any]
-        if ok:
-            values = {"failed_logins": 0, "last_failed_at": None}
-        else:
-            values = {"failed_logins": U.c.failed_logins + 1, "last_failed_at": _now()}
-        with self.store._write() as conn:
-            conn.execute(update(U).where(U.c.id == user_id).values(**values))
 
     # -- the pool -------------------------------------------------------------------------
 
@@ -674,63 +567,67 @@ class LabelingStore:
             item["answers"] = [a for a in answers if a["item_id"] == item["id"]]
         return items
 
+    def all_items(self) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            return [_item_dict(r) for r in conn.execute(select(I).order_by(I.c.id)).all()]
+
+    def item_id_for(self, key: str) -> int | None:
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(I.c.id).where(I.c.text_key == key)).scalar()
+
+    def import_answer(
+        self,
+        item_id: int,
+        evaluator: str,
+        labels: Mapping[str, str],
+        *,
+        kind: str = "label",
+        labeled_at: str | datetime | None = None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """A label given elsewhere (a Label Studio export), kept with its author and time.
+        An unknown author gets a disabled account (an admin sets a password to let them in).
+        False when the same author already gave the same labels to this item."""
+        if kind not in ("label", "resolve"):
+            raise LabelingError(f"kind: cannot import {kind!r}", 422, ["kind"])
+        user = self.get_user(name=evaluator)
+        if user is None:
+            try:
+                user = self.add_user(evaluator, "lead" if kind == "resolve" else "evaluator", "!")
+                self.update_user(user.id, disabled=True)
+            except LabelingError:  # made meanwhile by a concurrent import
+                user = self.get_user(name=evaluator)
+        assert user is not None
+        at = datetime.fromisoformat(labeled_at) if isinstance(labeled_at, str) else labeled_at
+        at = _aware(at) or _now()
+        digest = hashlib.sha256(repr((item_id, kind, sorted(labels.items()))).encode()).hexdigest()[
+            :40
+        ]
+        key = f"import:{digest}"
+        with self.store._write() as conn:
+            known = conn.execute(
+                select(L.c.id).where(L.c.user_id == user.id, L.c.idempotency_key == key)
+            ).first()
+            if known is not None:
+                return False
+            conn.execute(
+                insert(L).values(
+                    item_id=item_id,
+                    user_id=user.id,
+                    kind=kind,
+                    labels=dict(labels),
+                    model_version=None,
+                    idempotency_key=key,
+                    created_at=at,
+                    duration_ms=duration_ms,
+                )
+            )
+            self._settle(conn, item_id)
+        return True
+
     def unlabeled_items(self, limit: int | None = None) -> list[dict[str, Any]]:
         q = select(I).where(I.c.done == 0, I.c.state == "open").order_by(I.c.id)
         if limit:
             q = q.limit(limit)
         with self.store.engine.connect() as conn:
             return [_item_dict(r) for r in conn.execute(q).all()]
-
-    # -- active learning ------------------------------------------------------------------
-
-    def refresh_priorities(
-        self, head: int = 500, *, diversity_weight: float = 0.5, labeled_cap: int = 2000
-    ) -> int:
-        """Re-order the queue's head by uncertainty and diversity (``features.active``): the
-        ``head * 4`` most uncertain open items are ranked by greedy k-center against the
-        most recently labeled ones; the first ``head`` get priorities above every plain
-        uncertainty (which stays the order of the rest). Returns how many were ranked."""
-        with self.store.engine.connect() as conn:
-            cand = conn.execute(
-                select(I.c.id, I.c.uncertainty, I.c.embedding)
-                .where(I.c.state == "open", I.c.audit == false(), I.c.embedding.is_not(None))
-                .order_by(I.c.uncertainty.desc(), I.c.id)
-                .limit(head * 4)
-            ).all()
-            done = (
-                conn.execute(
-                    select(I.c.embedding)
-                    .where(I.c.done > 0, I.c.embedding.is_not(None))
-                    .order_by(I.c.id.desc())
-                    .limit(labeled_cap)
-                )
-                .scalars()
-                .all()
-            )
-        if not cand:
-            return 0
-        vecs = np.stack([np.frombuffer(c.embedding, dtype=np.float16) for c in cand])
-        labeled = np.stack([np.frombuffer(b, dtype=np.float16) for b in done]) if done else None
-        order = active.select(
-            np.array([c.uncertainty for c in cand]),
-            vecs.astype(np.float32),
-            min(head, len(cand)),
-            labeled.astype(np.float32) if labeled is not None else None,
-            pool_factor=4.0,
-            diversity_weight=diversity_weight,
-        )
-        ranked = {cand[j].id: 2.0 - rank / max(1, len(order)) for rank, j in enumerate(order)}
-        with self.store._write() as conn:
-            # Items ranked before but not now fall back to their plain uncertainty.
-            conn.execute(
-                update(I)
-                .where(I.c.state == "open", I.c.priority > 1.0, ~I.c.id.in_(list(ranked)))
-                .values(priority=I.c.uncertainty)
-            )
-            conn.execute(
-                update(I)
-                .where(and_(I.c.id == bindparam("b_id"), I.c.state == "open"))
-                .values(priority=bindparam("b_prio")),
-                [{"b_id": i, "b_prio": p} for i, p in ranked.items()],
-            )
-        return len(ranked)

@@ -6,6 +6,8 @@ are written against, and a test checks that the two agree.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -102,3 +104,15 @@ labels_table = Table(
     Index("ix_labels_item", "item_id", "user_id"),
     Index("ix_labels_user_time", "user_id", "created_at"),
 )
+
+
+def utcnow() -> datetime:
+    """What every timestamp column is written with."""
+    return datetime.now(UTC)
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -14,6 +17,7 @@ from features.schema import TASK_NAMES, LabelSchema
 from serving import priority, routing
 from serving.deps import Authorized, BatcherDep, BundleDep, PolicyDep, SettingsDep, StoreDep
 from serving.errors import responses
+from serving.labeling.intake import Incoming, new_items
 from serving.schemas import (
     Actionable,
     Agent,
@@ -25,6 +29,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 
+log = logging.getLogger("caretriage.serving")
 router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Authorized])
 
 # Requests of at most this many posts get their priority and routes computed on the event loop
@@ -111,6 +116,59 @@ def compiled_roster(
     return cached
 
 
+def sample_for_labeling(state: State, body: ScoreRequest, probs: dict[str, np.ndarray]) -> None:
+    """Copy a share of the scored posts, with the model's predictions, into the labeling
+    pool, in the background: the scoring response never waits for it, and a failure there
+    is logged, not the client's problem."""
+    settings: Settings = state.settings
+    picked = [i for i in range(len(body.posts)) if random.random() < settings.label_traffic_share]
+    if not picked:
+        return
+    scorer, bundle, ws = state.scorer, state.bundle, state.workspace
+    posts = [body.posts[i] for i in picked]
+    texts = [p.text for p in posts]
+    incoming = [
+        Incoming(
+            text=p.text,
+            external_id=p.id,
+            channel=p.channel.value,
+            author=p.author.model_dump() if p.author else None,
+            context={"customer": p.customer.model_dump(mode="json")} if p.customer else None,
+        )
+        for p in posts
+    ]
+    sub = {t: v[picked] for t, v in probs.items()}
+    expires = datetime.now(UTC) + timedelta(days=settings.label_traffic_retention_days)
+
+    def work() -> None:
+        items = new_items(
+            incoming,
+            sub,
+            scorer.encode(texts),
+            [scorer.normalize(t) for t in texts],
+            bundle.schema_,
+            model_version=bundle.meta.version,
+            source="traffic",
+            method=settings.label_uncertainty,
+            expires_at=expires,
+        )
+        if ws.labels.add_items(items).added:
+            ws.changes += 1
+
+    async def run() -> None:
+        try:
+            await run_in_threadpool(work)
+        except Exception:
+            log.exception("sampling %d scored posts for labeling failed", len(picked))
+
+    task = asyncio.get_running_loop().create_task(run())
+    pending: set[asyncio.Task[None]] | None = getattr(state, "sampling_tasks", None)
+    if pending is None:  # kept referenced until done, or the loop may drop the task
+        pending = state.sampling_tasks = set()
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
 @router.post(
     "/score",
     response_model=ScoreResponse,
@@ -142,6 +200,8 @@ async def score(
         results = build_results(*args)
     else:
         results = await run_in_threadpool(build_results, *args)
+    if settings.label_traffic_share > 0:
+        sample_for_labeling(request.app.state, body, probs)
     response = ScoreResponse(model_version=bundle.meta.version, results=results)
     # Serialized here, once: handing FastAPI the model would dump it to a dict and validate that
     # again against ``response_model`` (which stays declared for the OpenAPI schema).

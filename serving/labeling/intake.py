@@ -1,0 +1,88 @@
+"""Posts entering the labeling pool with the served model's view of them: its suggested labels
+and confidences (shown to evaluators), its uncertainty (the queue's order) and a sentence
+vector (the queue's diversity).
+
+The vector is a hashed bag of the post's word pieces (``features.active.hashed_vector``): the
+shipped bundle's graph exports no sentence embedding, and this needs nothing but the
+tokenizer the scorer already ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from features import active
+from features.schema import LabelSchema
+from serving.labeling.store import NewItem, text_key
+
+
+@dataclass
+class Incoming:
+    """One post offered to the pool, whatever it came from (upload, traffic, import)."""
+
+    text: str
+    external_id: str | None = None
+    channel: str | None = None
+    author: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+
+
+def suggestions(
+    probs: Mapping[str, np.ndarray], schema: LabelSchema
+) -> list[dict[str, dict[str, Any]]]:
+    """Per post, per task: the model's label, its confidence and every label's probability."""
+    tasks = [t for t in schema.tasks if t.name in probs]
+    n = len(next(iter(probs.values()))) if probs else 0
+    out: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    for task in tasks:
+        p = np.asarray(probs[task.name], dtype=np.float64)
+        best = p.argmax(axis=1)
+        for i in range(n):
+            out[i][task.name] = {
+                "label": task.labels[int(best[i])],
+                "confidence": round(float(p[i, best[i]]), 4),
+                "scores": {
+                    lab: round(float(x), 4) for lab, x in zip(task.labels, p[i], strict=True)
+                },
+            }
+    return out
+
+
+def new_items(
+    posts: Sequence[Incoming],
+    probs: Mapping[str, np.ndarray],
+    token_ids: Sequence[Sequence[int]],
+    normalized: Sequence[str],
+    schema: LabelSchema,
+    *,
+    model_version: str,
+    source: str,
+    method: active.Method = "margin",
+    expires_at: datetime | None = None,
+) -> list[NewItem]:
+    """Pool items for ``posts`` given the model's probabilities, their token ids and their
+    normalized texts (the pool's identity)."""
+    sugg = suggestions(probs, schema)
+    unc = active.uncertainty(probs, method) if probs else np.zeros(len(posts))
+    return [
+        NewItem(
+            text=post.text,
+            text_key=text_key(norm),
+            source=source,
+            external_id=post.external_id,
+            channel=post.channel,
+            author=post.author,
+            context=post.context,
+            model_version=model_version,
+            suggestion=sugg[i],
+            uncertainty=float(unc[i]),
+            embedding=active.hashed_vector(ids),
+            expires_at=expires_at,
+        )
+        for i, (post, ids, norm) in enumerate(zip(posts, token_ids, normalized, strict=True))
+    ]

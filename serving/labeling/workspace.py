@@ -1,0 +1,59 @@
+"""The labeling workspace as the app holds it: the store, the cookie signer, the sign-in
+throttle and the queue's settings, built once in the lifespan and injected into routes."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from serving.labeling.accounts import ClientThrottle, Signer
+from serving.labeling.queue import refresh_priorities
+from serving.labeling.store import LabelingStore, QueueConfig
+from serving.settings import Settings
+from serving.store import Store
+
+log = logging.getLogger("caretriage.labeling")
+
+
+@dataclass
+class Workspace:
+    labels: LabelingStore
+    signer: Signer
+    settings: Settings
+    throttle: ClientThrottle = field(default_factory=ClientThrottle)
+    # Labels given since the queue's head was last re-ranked, and when that was.
+    changes: int = 0
+    refreshed_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def build(cls, store: Store, settings: Settings) -> Workspace:
+        if settings.session_secret is None:
+            log.warning(
+                "CARETRIAGE_SESSION_SECRET is not set: using a random one for this process "
+                "(sign-ins end at restart and are not shared between processes)"
+            )
+            secret = secrets.token_urlsafe(32)
+        else:
+            secret = settings.session_secret.get_secret_value()
+        config = QueueConfig(
+            lease_seconds=settings.lease_seconds,
+            audit_share=settings.audit_share,
+            agreement_share=settings.agreement_share,
+        )
+        return cls(LabelingStore(store, config), Signer(secret, settings.session_max_age), settings)
+
+    def refresh_due(self) -> bool:
+        """Re-rank the queue's head when labels arrived and the period has passed."""
+        return (
+            self.changes > 0
+            and time.monotonic() - self.refreshed_at >= self.settings.label_refresh_seconds
+        )
+
+    def refresh(self) -> int:
+        self.changes = 0
+        self.refreshed_at = time.monotonic()
+        return refresh_priorities(
+            self.labels, diversity_weight=self.settings.label_diversity_weight
+        )
