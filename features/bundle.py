@@ -124,6 +124,9 @@ class BundleMeta(BaseModel):
     # Lexical experts blended into the graph's logits, per task (informational: the graph
     # computes them, serving needs nothing more).
     lexical: dict[str, object] = Field(default_factory=dict)
+    # The graph output holding the pooled sentence embedding the heads read (None: not
+    # exported). Serving uses it only for the labeling queue's diversity.
+    embedding_output: str | None = None
     # Reference outputs the scorer re-runs at load (absent in bundles from before it existed).
     self_check: SelfCheck | None = None
 

@@ -176,7 +176,10 @@ class Scorer:
         if odd:
             raise BundleError(f"{self.bundle.path}: ONNX inputs must be int32/int64, got {odd}")
         graph_outputs = {o.name for o in self.session.get_outputs()}
-        absent = {t: o for t, o in self.meta.outputs.items() if o not in graph_outputs}
+        wanted = dict(self.meta.outputs)
+        if self.meta.embedding_output:
+            wanted["embedding"] = self.meta.embedding_output
+        absent = {t: o for t, o in wanted.items() if o not in graph_outputs}
         if absent:
             raise BundleError(f"{self.bundle.path}: ONNX graph lacks outputs {absent}")
 
@@ -194,7 +197,9 @@ class Scorer:
         encodings = self.tokenizer.encode_batch([self.normalize(t) for t in texts])
         return [e.ids for e in encodings]
 
-    def _run(self, ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def _run(
+        self, ids: Sequence[Sequence[int]], outputs: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
         """One ONNX run over a batch, right-padded to its longest sequence."""
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.meta.pad_token_id, dtype=np.int64)
@@ -208,7 +213,24 @@ class Scorer:
             "token_type_ids": np.zeros_like(input_ids),
         }
         feed = {n: arrays[n].astype(self._dtypes[n], copy=False) for n in self.meta.inputs}
-        return self.session.run(self._output_names, feed)
+        return self.session.run(list(outputs or self._output_names), feed)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Sentence vectors (the pooled encoder output the heads read), one row per text, for
+        the labeling queue's diversity; None when the bundle's graph does not export them.
+        Not on the scoring path: a second run, paid only by posts entering the pool."""
+        name = self.meta.embedding_output
+        if not name or not texts:
+            return None
+        ids = self.encode(texts)
+        rows: list[np.ndarray | None] = [None] * len(ids)
+        for batch in plan_batches(
+            [len(x) for x in ids], self.max_batch_tokens, self.max_batch_size
+        ):
+            (z,) = self._run([ids[i] for i in batch], [name])
+            for row, i in enumerate(batch):
+                rows[i] = np.asarray(z[row], dtype=np.float32)
+        return np.stack(rows)  # type: ignore[arg-type]
 
     def logits_encoded(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """Raw logits per task, shape (n, n_labels), in the order of ``ids``."""

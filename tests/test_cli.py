@@ -101,3 +101,56 @@ def test_export_passes_the_recipes_in_order(tmp_path, monkeypatch, capsys):
     argv = ["export", "--checkpoint", str(tmp_path), "--recipe", "int8_per_token_smooth_qkv"]
     assert main([*argv, "--recipe", "int8_weights"]) == 0
     assert seen["recipes"] == ("int8_per_token_smooth_qkv", "int8_weights")
+
+
+# -- the store and the labeling workspace -------------------------------------------------------
+
+
+def test_db_upgrade_reports_the_revision(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert capsys.readouterr().out.strip().endswith("schema at revision 0002")
+
+
+def test_db_upgrade_on_an_unreachable_server_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["db", "upgrade", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x"])
+    msg = str(e.value)
+    assert "cannot open the store" in msg and "hunter2" not in msg and "\n" not in msg
+
+
+def test_users_add_prints_a_password_that_signs_in(tmp_path, capsys):
+    from serving.labeling.accounts import verify_password
+    from serving.labeling.store import LabelingStore
+    from serving.store import Store
+
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    assert main(["users", "add", "eva", "--role", "lead", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "lead 'eva' is ready: sign in at http://127.0.0.1:8000/label" in out
+    password = out.split("password: ")[1].strip()
+    user = LabelingStore(Store(url)).get_user(name="eva")
+    assert user is not None and user.role == "lead"
+    assert verify_password(user.password_hash, password)
+    assert not verify_password(user.password_hash, password + "x")
+    with pytest.raises(SystemExit, match="exists already"):
+        main(["users", "add", "eva", "--database-url", url])
+
+
+def test_users_passwd_reads_stdin(tmp_path, monkeypatch, capsys):
+    import io
+
+    from serving.labeling.accounts import verify_password
+    from serving.labeling.store import LabelingStore
+    from serving.store import Store
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    main(["users", "add", "bo", "--database-url", url])
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-new-long-password\n"))
+    assert main(["users", "passwd", "bo", "--password-stdin", "--database-url", url]) == 0
+    assert "password:" not in capsys.readouterr().out.split("ready")[-1]
+    user = LabelingStore(Store(url)).get_user(name="bo")
+    assert verify_password(user.password_hash, "a-new-long-password")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    with pytest.raises(SystemExit, match="at least 10"):
+        main(["users", "add", "cy", "--password-stdin", "--database-url", url])

@@ -310,3 +310,18 @@ def test_usable_cores_respects_a_cgroup_quota(monkeypatch):
     assert usable_cores() == 2
     monkeypatch.setattr(inference, "cgroup_cpu_limit", lambda: None)
     assert usable_cores() == 64
+
+
+def test_the_exported_graph_gives_the_sentence_embedding(tiny_bundle, onnx_bundle):
+    """The export names the heads' pooled input as an output: the queue's diversity vector.
+    Asking for it changes no logit; a bundle without it embeds nothing."""
+    s = Scorer.from_dir(tiny_bundle)
+    assert s.meta.embedding_output == "embedding"
+    texts = ["my bag is lost", "thanks for the flight", "my bag is lost"]
+    before = s.predict(texts)
+    e = s.embed(texts)
+    assert e is not None and e.shape[0] == 3 and e.shape[1] > 8 and np.isfinite(e).all()
+    assert np.allclose(e[0], e[2]) and not np.allclose(e[0], e[1])
+    after = s.predict(texts)
+    assert all(np.array_equal(before[t], after[t]) for t in before)
+    assert Scorer.from_dir(onnx_bundle).embed(texts) is None

@@ -30,6 +30,7 @@ from features.bundle import BundleMeta, SelfCheck, host_summary, int8_session_co
 from features.schema import LabelSchema
 from features.text import DEFAULT_NORMALIZER, normalize_text
 from training.config import LexicalConfig
+from training.embedding_output import expose_embedding
 from training.evaluate import Logits, Predictor, eval_sets, evaluate, fit_temperature
 from training.lexical import LexicalExperts, add_to_graph, fit_experts, log_softmax, piece_ids
 from training.model import ExportWrapper, MultiTaskModel
@@ -1190,6 +1191,7 @@ def build_bundle(
         stage = work / "bundle"
         stage.mkdir()
         shutil.copy(final, stage / "model.onnx")
+        embedding = expose_embedding(stage / "model.onnx", output_names(schema))
         tokenizer_json(tokenizer, max_length, stage / "tokenizer.json")
         schema.save(stage / "label_schema.json")
         version = datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
@@ -1209,6 +1211,7 @@ def build_bundle(
             ort_session_config=SESSION_CONFIG,
             training=training or {},
             lexical=experts.summary() if experts is not None else {},
+            embedding_output=embedding,
             self_check=self_check(final, tokenizer, schema, max_length, normalizer),
         )
         write_meta(stage, meta)

@@ -2,9 +2,9 @@
 and confidences (shown to evaluators), its uncertainty (the queue's order) and a sentence
 vector (the queue's diversity).
 
-The vector is a hashed bag of the post's word pieces (``features.active.hashed_vector``): the
-shipped bundle's graph exports no sentence embedding, and this needs nothing but the
-tokenizer the scorer already ran.
+The vector is the model's own sentence embedding when the bundle's graph exports it
+(``embedding_output``; the shipped bundle does), else a hashed bag of the post's word pieces
+(``features.active.hashed_vector``), which needs nothing but the tokenizer.
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ def new_items(
     source: str,
     method: active.Method = "margin",
     expires_at: datetime | None = None,
+    vectors: np.ndarray | None = None,
 ) -> list[NewItem]:
     """Pool items for ``posts`` given the model's probabilities, their token ids and their
-    normalized texts (the pool's identity)."""
+    normalized texts (the pool's identity); ``vectors`` are the model's sentence embeddings
+    when its graph exports them (``Scorer.embed``), else word pieces are hashed."""
     sugg = suggestions(probs, schema)
     unc = active.uncertainty(probs, method) if probs else np.zeros(len(posts))
     return [
@@ -81,7 +83,7 @@ def new_items(
             model_version=model_version,
             suggestion=sugg[i],
             uncertainty=float(unc[i]),
-            embedding=active.hashed_vector(ids),
+            embedding=active.hashed_vector(ids) if vectors is None else vectors[i],
             expires_at=expires_at,
         )
         for i, (post, ids, norm) in enumerate(zip(posts, token_ids, normalized, strict=True))

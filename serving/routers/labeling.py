@@ -300,6 +300,7 @@ async def score_into_pool(
         probs = await batcher.submit(texts)
         normalized = [scorer.normalize(t) for t in texts]
         ids = scorer.encode(texts)
+        vectors = await run_in_threadpool(scorer.embed, texts)
         batch = new_items(
             chunk,
             probs,
@@ -310,6 +311,7 @@ async def score_into_pool(
             source=source,
             method=ws.settings.label_uncertainty,
             expires_at=expires_at,
+            vectors=vectors,
         )
         res = await run_in_threadpool(ws.labels.add_items, batch)
         added += len(res.added)

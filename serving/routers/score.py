@@ -151,6 +151,7 @@ def sample_for_labeling(state: State, body: ScoreRequest, probs: dict[str, np.nd
             source="traffic",
             method=settings.label_uncertainty,
             expires_at=expires,
+            vectors=scorer.embed(texts),
         )
         if ws.labels.add_items(items).added:
             ws.changes += 1
