@@ -21,13 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.bundle import read_bundle
-from serving.batcher import Batcher
 from serving.deps import check_auth_first
 from serving.errors import BodyLimitMiddleware, install_error_handlers
-from serving.inference import Scorer
 from serving.labeling.workspace import Workspace
 from serving.priority import load_policy
-from serving.routers import agents, health, labeling, model, pages, score, users
+from serving.routers import admin, agents, health, labeling, model, pages, score, users
+from serving.served import ModelSlot, follow, load_served
 from serving.settings import Settings
 from serving.store import Store
 
@@ -85,49 +84,39 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        bundle = read_bundle(settings.model_dir)
         policy = load_policy(settings.policy_file)
-        topics = bundle.schema_.task("topic").labels
-        unknown = policy.priority.unknown_topic_labels(topics)
-        if unknown:
-            log.warning(
-                "policy %s: severities for labels the model never predicts: %s",
-                settings.policy_file,
-                unknown,
-            )
-        extra = sorted(set(settings.abstain_below) - set(bundle.schema_.names))
+        extra = sorted(
+            set(settings.abstain_below) - set(read_bundle(settings.model_dir).schema_.names)
+        )
         if extra:
             log.warning("abstain_below names tasks the model lacks: %s", extra)
-
-        scorer = await run_in_threadpool(
-            Scorer,
-            bundle,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
-            workers=settings.inference_workers,
-            intra_op_threads=settings.intra_op_threads,
-            intra_op_spinning=settings.intra_op_spinning,
+        slot = ModelSlot(state, settings, policy)
+        slot.install(
+            await load_served(settings.model_dir, settings, policy, require_self_check=False)
         )
-        await run_in_threadpool(scorer.warmup)
         store = Store(settings.database_url)
         await run_in_threadpool(store.upgrade)
         workspace = Workspace.build(store, settings)
-        batcher = Batcher(
-            scorer, max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens
-        )
-        batcher.start()
-        state.bundle, state.policy, state.scorer = bundle, policy, scorer
-        state.store, state.batcher, state.workspace = store, batcher, workspace
-        upkeep = asyncio.create_task(_upkeep(workspace))
+        state.policy, state.slot = policy, slot
+        state.store, state.workspace = store, workspace
+        tasks = [asyncio.create_task(_upkeep(workspace))]
+        if settings.model_pointer is not None:
+            tasks.append(
+                asyncio.create_task(
+                    follow(slot, settings.model_pointer, settings.model_poll_seconds)
+                )
+            )
+        bundle = slot.current.bundle  # type: ignore[union-attr]
         log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
         try:
             yield
         finally:
-            upkeep.cancel()
-            await batcher.stop()
-            await run_in_threadpool(scorer.close)
+            for task in tasks:
+                task.cancel()
+            await slot.close()
             store.dispose()
             state.batcher = state.scorer = state.store = state.workspace = None
+            state.served = state.slot = None
 
     return lifespan
 
@@ -165,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_first = check_auth_first
     app.state.bundle = app.state.policy = app.state.scorer = None
     app.state.store = app.state.batcher = app.state.workspace = None
+    app.state.served = app.state.slot = None
     install_error_handlers(app)
     for r in (
         health.router,
@@ -173,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         score.router,
         labeling.router,
         users.router,
+        admin.router,
         pages.router,
     ):
         app.include_router(r)

@@ -20,12 +20,12 @@ def check(settings: Settings) -> None:
 
     from features.bundle import BundleError, read_bundle
     from serving.priority import PolicyError, load_policy
+    from serving.served import SwapRefused, check_policy
     from serving.store import Store, describe_url
 
     try:
-        read_bundle(settings.model_dir)
-        load_policy(settings.policy_file)
-    except (BundleError, PolicyError, ValidationError) as e:
+        check_policy(read_bundle(settings.model_dir), load_policy(settings.policy_file))
+    except (BundleError, PolicyError, ValidationError, SwapRefused) as e:
         raise SystemExit(f"caretriage: cannot serve: {e}") from e
     store = Store(settings.database_url)
     try:

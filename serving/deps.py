@@ -21,6 +21,7 @@ from serving.labeling.accounts import CSRF_HEADER, SESSION_COOKIE, Session, fing
 from serving.labeling.store import User
 from serving.labeling.workspace import Workspace
 from serving.priority import Policy
+from serving.served import Served
 from serving.settings import Settings
 from serving.store import Store
 
@@ -39,12 +40,18 @@ def _loaded(request: Request, name: str) -> object:
     return value
 
 
-async def get_bundle(request: Request) -> Bundle:
-    return _loaded(request, "bundle")  # type: ignore[return-value]
+async def get_served(request: Request) -> Served:
+    """The model this request uses from start to end: FastAPI resolves it once per request,
+    so its bundle and batcher always belong together, even across a model swap."""
+    return _loaded(request, "served")  # type: ignore[return-value]
 
 
-async def get_batcher(request: Request) -> Batcher:
-    return _loaded(request, "batcher")  # type: ignore[return-value]
+async def get_bundle(served: Annotated[Served, Depends(get_served)]) -> Bundle:
+    return served.bundle
+
+
+async def get_batcher(served: Annotated[Served, Depends(get_served)]) -> Batcher:
+    return served.batcher
 
 
 async def get_store(request: Request) -> Store:
@@ -142,3 +149,22 @@ WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
 Evaluator = Annotated[User, Depends(require_role("evaluator"))]
 Lead = Annotated[User, Depends(require_role("lead"))]
 Admin = Annotated[User, Depends(require_role("admin"))]
+
+
+async def require_admin(request: Request, ws: Annotated[Workspace, Depends(get_workspace)]) -> str:
+    """An admin key (``Authorization: Bearer``, from CARETRIAGE_ADMIN_KEYS) or a signed-in
+    admin with the CSRF header; returns who. Helpdesk keys are refused."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        given = token.strip().encode("utf-8")
+        ok = False
+        for key in request.app.state.settings.admin_keys:  # no early exit: constant time
+            ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8"))
+        if not ok:
+            raise Forbidden("this needs an admin key (CARETRIAGE_ADMIN_KEYS) or an admin session")
+        return "admin-key"
+    user = await require_role("admin")(request, ws)
+    return user.name
+
+
+AdminOnly = Annotated[str, Depends(require_admin)]

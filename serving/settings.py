@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
 
+    # -- model swaps --
+    # A promotion pointer (JSON {"bundle": path, "version": ...}, written by `caretriage
+    # promote`): polled every ``model_poll_seconds``; a new bundle named there is loaded,
+    # checked and swapped in without dropping a request. Unset: the served model never changes.
+    model_pointer: Path | None = None
+    model_poll_seconds: float = Field(default=10.0, gt=0)
+    # Bearer keys with admin rights (model reload), separate from the helpdesk keys; admins
+    # signed in to the workspace have them too.
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, repr=False)
+
     # -- the labeling workspace (/label) --
     # Signs evaluators' session cookies; at least 32 characters. Unset: a random secret per
     # process (sign-ins do not survive a restart and are not shared between processes).
@@ -111,7 +121,7 @@ class Settings(BaseSettings):
     label_diversity_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     label_refresh_seconds: float = Field(default=30.0, gt=0)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "admin_keys", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -134,6 +144,15 @@ class Settings(BaseSettings):
                 "no API keys configured: set CARETRIAGE_API_KEYS to one or more comma-separated "
                 f"keys of at least {MIN_KEY_LENGTH} characters (e.g. the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        admin = [k.get_secret_value() for k in self.admin_keys]
+        if any(len(k) < MIN_KEY_LENGTH for k in admin):
+            raise SettingsError(
+                f"CARETRIAGE_ADMIN_KEYS: every key needs at least {MIN_KEY_LENGTH} characters"
+            )
+        if set(admin) & set(keys):
+            raise SettingsError(
+                "CARETRIAGE_ADMIN_KEYS: an admin key must not also be a helpdesk API key"
             )
         short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
         if short:
