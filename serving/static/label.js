@@ -21,6 +21,8 @@
     filter: "",
     filtering: false,
     done: 0,
+    refills: 0,
+    answered: new Set(), // ids answered on this page (until undone)
   };
 
   const newKey = () =>
@@ -76,11 +78,15 @@
     throw new Error("the server did not answer; your answer is still here: press Enter to retry");
   }
 
+  // The server's list of the evaluator's leased items, minus any answered since the request
+  // left (a refill racing an answer must not bring the answered post back).
   async function refill() {
+    const seq = ++state.refills;
     const res = await send("GET", "/v1/labeling/next?n=2");
     if (!res.ok) throw new Error(res.data ? res.data.message : `error ${res.status}`);
+    if (seq !== state.refills) return; // a newer refill is on its way
     const shownId = state.queue.length ? state.queue[0].id : null;
-    state.queue = res.data.items;
+    state.queue = res.data.items.filter((it) => !state.answered.has(it.id));
     $("remaining").textContent = res.data.remaining;
     if (!state.queue.length || state.queue[0].id !== shownId) show();
   }
@@ -211,8 +217,10 @@
         status(res.data ? res.data.message : `error ${res.status}`, "error");
       }
       if (res.ok || res.status === 409 || res.status === 404) {
+        state.answered.add(item.id);
         state.queue.shift(); // confirmed (or no longer ours): the preloaded post comes next
         show();
+        state.busy = false;
         await refill();
       }
     } catch (e) {
@@ -231,7 +239,9 @@
         if (res.data.kind === "label" && state.done > 0) state.done -= 1;
         $("done-count").textContent = state.done;
         status("undone: the post is back", "ok");
+        state.answered.delete(res.data.item_id);
         state.queue = [];
+        state.busy = false;
         await refill();
       } else {
         status(res.data ? res.data.message : `error ${res.status}`, "error");
