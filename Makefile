@@ -54,6 +54,7 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) -m benchmarks.routing
+	$(PY) -m benchmarks.labeling
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

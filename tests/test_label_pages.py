@@ -1,10 +1,11 @@
-"""Accounts and roles on the labeling workspace, in process: sign-in with CSRF and slow-down,
-session cookies, who may do what, and the labeling flow over the JSON API."""
+"""The labeling workspace's pages and the JSON flow behind them, in process (TestClient):
+sign-in (CSRF, cookie flags, throttling), who may see what, the pages' assets (local only),
+and label -> undo -> label again -> stats -> review/resolve -> export."""
 
 from __future__ import annotations
 
+import json
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,182 +17,334 @@ from serving.settings import Settings
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-PASSWORD = "password-0123"
+PASSWORD = "password-123"
 STATIC = Path(__file__).resolve().parent.parent / "serving" / "static"
+POSTS = [
+    "@united my bag never arrived in Denver",
+    "@SouthwestAir thanks for the smooth flight",
+    "@AmericanAir delayed three hours, no information",
+    "@USAirways cancelled again, how do I rebook?",
+]
+
+
+def make_app(bundle: Path, tmp_path: Path, **kw):
+    settings = Settings(
+        api_keys=[KEY],
+        model_dir=bundle,
+        database_url=f"sqlite:///{tmp_path / 'pages.db'}",
+        session_secret="pages-test-secret-" + "x" * 32,
+        **{"agreement_share": 0.0, "audit_share": 0.0, **kw},
+    )
+    return create_app(settings)
 
 
 @pytest.fixture
 def app(onnx_bundle, tmp_path):
-    settings = Settings(
-        api_keys=[KEY],
-        model_dir=onnx_bundle,
-        database_url=f"sqlite:///{tmp_path / 'pages.db'}",
-        session_secret="pages-test-secret-0123456789abcdef",
-        agreement_share=1.0,
-        audit_share=0.0,
-    )
-    application = create_app(settings)
-    with TestClient(application) as c:
-        ws = application.state.workspace.labels
-        hashed = hash_password(PASSWORD)
-        for name, role in [("eva", "evaluator"), ("bo", "evaluator"), ("lee", "lead")]:
-            ws.add_user(name, role, hashed)
-        ws.add_user("root", "admin", hashed)
-        c.post("/v1/labeling/items", headers=AUTH, json={"items": [{"text": "bag lost"}]})
-        yield application
+    app = make_app(onnx_bundle, tmp_path)
+    with TestClient(app) as main:  # runs the lifespan: model loaded, store upgraded
+        add_users(app, main)
+        yield app
+
+
+def add_users(app, main: TestClient) -> None:
+    # Requests that reach the model batcher must go through the client that ran the lifespan
+    # (its event loop); the others get clients of their own, for their own cookies.
+    app.state.lifespan_client = main
+    labels = app.state.workspace.labels
+    hashed = hash_password(PASSWORD)
+    for name, role in [("eva", "evaluator"), ("ed", "evaluator"), ("lee", "lead")]:
+        labels.add_user(name, role, hashed)
 
 
 def client(app) -> TestClient:
+    """A browser of its own (own cookie jar) on the running app."""
     return TestClient(app, follow_redirects=False)
 
 
-def login(c: TestClient, name: str, password: str = PASSWORD, **form):
-    page = c.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+def form_csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, html
+    return m.group(1)
+
+
+def sign_in(c: TestClient, name: str, password: str = PASSWORD, nxt: str = "/label"):
+    page = c.get(f"/login?next={nxt}")
+    assert page.status_code == 200
     return c.post(
-        "/login", data={"name": name, "password": password, "csrf": csrf, "next": "/label", **form}
+        "/login",
+        data={"name": name, "password": password, "csrf": form_csrf(page.text), "next": nxt},
+        follow_redirects=False,
     )
 
 
-def signed_in(app, name: str) -> TestClient:
-    c = client(app)
-    assert login(c, name).status_code == 303
-    c.headers["X-CSRF-Token"] = c.get("/v1/labeling/me").json()["csrf_token"]
-    return c
+def signed_in(app, name: str, c: TestClient | None = None) -> tuple[TestClient, dict[str, str]]:
+    """A client (new unless given) signed in as ``name`` and the CSRF header its pages carry."""
+    c = c or client(app)
+    assert sign_in(c, name).status_code == 303
+    me = c.get("/v1/labeling/me")
+    assert me.status_code == 200 and me.json()["name"] == name
+    return c, {"X-CSRF-Token": me.json()["csrf_token"]}
 
 
-def test_sign_in_sets_a_signed_httponly_samesite_cookie(app):
+def upload(app, texts) -> None:
+    r = app.state.lifespan_client.post(
+        "/v1/labeling/items", headers=AUTH, json={"items": [{"text": t} for t in texts]}
+    )
+    assert r.status_code == 200 and r.json()["added"] == len(texts), r.text
+
+
+def answer(c, csrf, item, labels, key, **extra):
+    body = {"kind": "label", "labels": labels, "idempotency_key": key, **extra}
+    return c.post(f"/v1/labeling/items/{item['id']}/answer", headers=csrf, json=body)
+
+
+def suggested(item) -> dict[str, str]:
+    return {t: s["label"] for t, s in item["suggestion"].items()}
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+
+
+def test_sign_in_sets_an_httponly_samesite_session_cookie(app):
     c = client(app)
-    r = login(c, "eva")
+    assert c.get("/label").headers["location"] == "/login?next=/label"
+    r = sign_in(c, "eva")
     assert r.status_code == 303 and r.headers["location"] == "/label"
-    cookie = r.headers["set-cookie"]
-    assert "caretriage_session=" in cookie and "HttpOnly" in cookie
-    assert "samesite=lax" in cookie.lower()
-    assert c.get("/label").status_code == 200
-    forged = client(app)
-    forged.cookies.set("caretriage_session", "1.forged.signature")
-    assert forged.get("/label").status_code == 303
+    cookie = next(
+        v for v in r.headers.get_list("set-cookie") if v.startswith("caretriage_session=")
+    )
+    assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
+    page = c.get("/label")
+    assert page.status_code == 200 and "eva" in page.text
+    # The page hands the script a CSRF token that the API accepts.
+    csrf = re.search(r'data-csrf="([^"]+)"', page.text).group(1)
+    assert csrf == c.get("/v1/labeling/me").json()["csrf_token"]
+    # Sign out (with the token) ends the session.
+    out = c.post("/logout", data={"csrf": csrf})
+    assert out.status_code == 303
+    assert c.get("/label").status_code == 303
 
 
-def test_sign_in_needs_the_form_token(app):
+def test_sign_in_never_redirects_off_site(app):
+    r = sign_in(client(app), "eva", nxt="//evil.example/x")
+    assert r.status_code == 303 and r.headers["location"] == "/label"
+
+
+def test_wrong_password_is_401_then_throttled_with_retry_after(app):
     c = client(app)
-    c.get("/login")
-    r = c.post("/login", data={"name": "eva", "password": PASSWORD, "csrf": "nope"})
+    for _ in range(3):
+        r = sign_in(c, "eva", "wrong-password-0")
+        assert r.status_code == 401 and "Wrong name or password" in r.text
+        assert "caretriage_session" not in r.headers.get("set-cookie", "")
+    r = sign_in(c, "eva")  # even the right password waits now
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    assert "caretriage_session" not in r.headers.get("set-cookie", "")
+
+
+def test_sign_in_without_the_form_token_is_refused(app):
+    c = client(app)
+    c.get("/login")  # the login cookie is there; the form field is not
+    r = c.post("/login", data={"name": "eva", "password": PASSWORD})
     assert r.status_code == 400 and "caretriage_session" not in r.headers.get("set-cookie", "")
+    r = c.post("/login", data={"name": "eva", "password": PASSWORD, "csrf": "forged"})
+    assert r.status_code == 400
 
 
-def test_failed_sign_ins_are_slowed_down(app):
-    c = client(app)
-    for _ in range(3):
-        assert login(c, "eva", "wrong-password").status_code == 401
-    r = login(c, "eva")  # even the right password waits now
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-    for _ in range(3):
-        assert login(c, "nobody", "wrong-password").status_code == 401
-    assert login(c, "nobody", "wrong-password").status_code == 429
+# -- who may do what -------------------------------------------------------------------------
 
 
-def test_pages_redirect_to_sign_in_and_check_roles(app):
-    c = client(app)
-    r = c.get("/label/stats")
-    assert r.status_code == 303 and r.headers["location"] == "/login?next=/label/stats"
-    eva = signed_in(app, "eva")
+def test_pages_need_a_session_and_the_role(app):
+    anon = client(app)
+    for path in ("/label", "/label/stats", "/label/review", "/label/users"):
+        r = anon.get(path)
+        assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}"
+    eva, _ = signed_in(app, "eva")
     assert eva.get("/label").status_code == 200
-    assert eva.get("/label/stats").status_code == 403
-    assert eva.get("/v1/labeling/stats").status_code == 403
+    for path in ("/label/stats", "/label/review", "/label/users"):
+        r = eva.get(path)
+        assert r.status_code == 403 and "Not for your role" in r.text
     assert eva.get("/v1/users").status_code == 403
-    lee = signed_in(app, "lee")
+    assert eva.get("/v1/labeling/stats").status_code == 403
+    lee, _ = signed_in(app, "lee")
     assert lee.get("/label/stats").status_code == 200
-    assert lee.get("/v1/users").status_code == 403
-    root = signed_in(app, "root")
-    assert root.get("/label/users").status_code == 200
-    assert [u["name"] for u in root.get("/v1/users").json()] == ["bo", "eva", "lee", "root"]
+    assert lee.get("/label/review").status_code == 200
+    assert lee.get("/label/users").status_code == 403
 
 
-def test_a_helpdesk_key_cannot_label(app):
+def test_a_helpdesk_key_is_not_an_evaluator(app):
+    upload(app, POSTS[:1])
     c = client(app)
     assert c.get("/v1/labeling/next", headers=AUTH).status_code == 401
-    r = c.post(
-        "/v1/labeling/items/1/answer",
-        headers=AUTH,
-        json={"kind": "skip", "idempotency_key": "key-00000001"},
-    )
-    assert r.status_code == 401
+    body = {"kind": "skip", "idempotency_key": "key-00000001"}
+    assert c.post("/v1/labeling/items/1/answer", headers=AUTH, json=body).status_code == 401
 
 
-def test_state_changes_need_the_csrf_header(app):
-    eva = signed_in(app, "eva")
-    (item,) = eva.get("/v1/labeling/next").json()["items"]
-    body = {"kind": "skip", "idempotency_key": "key-00000002"}
-    r = eva.post(f"/v1/labeling/items/{item['id']}/answer", json=body, headers={"X-CSRF-Token": ""})
-    assert r.status_code == 403 and "CSRF" in r.json()["message"]
-    assert eva.post(f"/v1/labeling/items/{item['id']}/answer", json=body).status_code == 200
+def test_an_answer_without_the_csrf_header_is_refused(app):
+    upload(app, POSTS[:1])
+    eva, csrf = signed_in(app, "eva")
+    item = eva.get("/v1/labeling/next?n=1").json()["items"][0]
+    r = answer(eva, {}, item, suggested(item), "no-csrf-0001")
+    assert r.status_code == 403
+    r = answer(eva, {"X-CSRF-Token": "0" * 64}, item, suggested(item), "bad-csrf-0001")
+    assert r.status_code == 403
+    assert answer(eva, csrf, item, suggested(item), "good-csrf-001").status_code == 200
 
 
-def test_label_validation_names_the_task(app):
-    eva = signed_in(app, "eva")
-    (item,) = eva.get("/v1/labeling/next").json()["items"]
-    tasks = eva.get("/v1/labeling/me").json()["tasks"]
-    labels = {t: labs[0] for t, labs in tasks.items()}
-    bad = {**labels, "sentiment": "furious"}
-    r = eva.post(
-        f"/v1/labeling/items/{item['id']}/answer",
-        json={"labels": bad, "idempotency_key": uuid.uuid4().hex},
-    )
-    assert r.status_code == 422 and r.json()["fields"] == ["labels.sentiment"]
-    partial = {"topic": labels["topic"]}
-    r = eva.post(
-        f"/v1/labeling/items/{item['id']}/answer",
-        json={"labels": partial, "idempotency_key": uuid.uuid4().hex},
-    )
-    assert r.status_code == 422 and "labels.sentiment" in r.json()["fields"]
+# -- the pages themselves --------------------------------------------------------------------
 
 
-def test_disagreement_goes_to_review_and_a_lead_resolves_it(app):
-    eva, bo, lee = signed_in(app, "eva"), signed_in(app, "bo"), signed_in(app, "lee")
-    tasks = eva.get("/v1/labeling/me").json()["tasks"]
-    for who, pick in ((eva, 0), (bo, 1)):
-        (item,) = who.get("/v1/labeling/next").json()["items"]
-        labels = {t: labs[pick] for t, labs in tasks.items()}
-        r = who.post(
-            f"/v1/labeling/items/{item['id']}/answer",
-            json={"labels": labels, "idempotency_key": uuid.uuid4().hex},
-        )
-        assert r.status_code == 200
-    assert r.json()["state"] == "review"
-    (waiting,) = lee.get("/v1/labeling/review").json()
-    assert {a["evaluator"] for a in waiting["answers"]} == {"eva", "bo"}
-    final = {t: labs[0] for t, labs in tasks.items()}
-    r = lee.post(
-        f"/v1/labeling/items/{waiting['id']}/resolve",
-        json={"labels": final, "idempotency_key": uuid.uuid4().hex},
-    )
-    assert r.status_code == 200 and r.json()["state"] == "resolved"
-    stats = lee.get("/v1/labeling/stats").json()
-    assert stats["pool"]["resolved"] == 1
-    assert stats["tasks"]["topic"]["pairwise_kappa"][0]["items"] == 1
-    assert (
-        eva.post(
-            f"/v1/labeling/items/{waiting['id']}/resolve",
-            json={"labels": final, "idempotency_key": uuid.uuid4().hex},
-        ).status_code
-        == 403
-    )
-
-
-def test_pages_load_nothing_from_other_hosts(app):
-    root = signed_in(app, "root")
-    for path in ("/label", "/label/stats", "/label/review", "/label/users", "/login"):
-        html = root.get(path).text
-        assert not re.search(r"(src|href)=\"(https?:)?//", html), path
-    for asset in STATIC.iterdir():
-        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", asset.read_text()), asset
-    assert root.get("/static/label.js").status_code == 200
-
-
-def test_the_page_names_every_task_of_the_served_schema(app):
-    eva = signed_in(app, "eva")
+def test_the_label_page_lists_the_served_tasks_and_only_local_assets(app):
+    eva, _ = signed_in(app, "eva")
     html = eva.get("/label").text
     schema = app.state.bundle.schema_
-    for task in schema.tasks:
-        assert f'"{task.name}"' in html and all(f'"{lab}"' in html for lab in task.labels)
+    pairs = json.loads(
+        re.search(r'<script type="application/json" id="schema">(.*?)</script>', html).group(1)
+    )
+    assert pairs == [[t.name, list(t.labels)] for t in schema.tasks]  # the schema's order
+    for element in ("done-count", "remaining", "status", "help", "empty", "flag-note"):
+        assert f'id="{element}"' in html
+    lee, _ = signed_in(app, "lee")
+    pages = [html] + [lee.get(p).text for p in ("/label/stats", "/label/review")]
+    assets = set()
+    for page in pages:
+        assert not re.search(r"https?://", page)
+        assets |= set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page))
+        for ref in re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', page):
+            assert ref.startswith("/static/") or ref.startswith("data:"), ref
+    assert assets == {"/static/label.css", "/static/label.js", "/static/admin.js"}
+    for asset in assets:
+        r = eva.get(asset)
+        assert r.status_code == 200 and r.text
+        assert not re.search(r"https?://|//cdn|import\s", r.text), asset
+    for f in STATIC.iterdir():  # nothing shipped that loads from elsewhere either
+        assert not re.search(r"https?://", f.read_text()), f
+
+
+def test_the_users_page_is_for_admins(onnx_bundle, tmp_path):
+    app = make_app(onnx_bundle, tmp_path)
+    with TestClient(app) as main:
+        add_users(app, main)
+        app.state.workspace.labels.add_user("ada", "admin", hash_password(PASSWORD))
+        ada, csrf = signed_in(app, "ada")
+        page = ada.get("/label/users")
+        assert page.status_code == 200 and 'id="add-user"' in page.text
+        assert "/static/admin.js" in page.text
+        r = ada.post(
+            "/v1/users",
+            headers=csrf,
+            json={"name": "newbie", "role": "evaluator", "password": "p" * 12},
+        )
+        assert r.status_code in (200, 201), r.text
+        r = ada.patch("/v1/users/newbie", headers=csrf, json={"role": "lead"})
+        assert r.status_code == 200 and r.json()["role"] == "lead"
+        r = ada.patch("/v1/users/newbie", headers=csrf, json={"disabled": True})
+        assert r.status_code == 200 and r.json()["disabled"] is True
+        names = {u["name"]: u for u in ada.get("/v1/users").json()}
+        assert names["newbie"] == {"name": "newbie", "role": "lead", "disabled": True}
+        assert sign_in(client(app), "newbie", "p" * 12).status_code == 401  # disabled
+
+
+# -- the JSON flow the pages drive -------------------------------------------------------------
+
+
+def test_label_undo_and_label_again(app):
+    upload(app, POSTS)
+    eva, csrf = signed_in(app, "eva")
+    got = eva.get("/v1/labeling/next?n=2").json()
+    first, preloaded = got["items"]
+    assert got["remaining"] >= 2
+    assert set(first["suggestion"]) == set(app.state.bundle.schema_.names)
+    r = answer(eva, csrf, first, suggested(first), "first-answer-1", duration_ms=1200)
+    assert r.status_code == 200 and r.json()["replay"] is False
+    # A retry of the same request (same key) counts once.
+    again = answer(eva, csrf, first, suggested(first), "first-answer-1")
+    assert again.status_code == 200 and again.json()["replay"] is True
+    assert again.json()["id"] == r.json()["id"]
+    # The preloaded item is next.
+    assert eva.get("/v1/labeling/next?n=2").json()["items"][0]["id"] == preloaded["id"]
+    undone = eva.post("/v1/labeling/undo", headers=csrf)
+    assert undone.status_code == 200 and undone.json()["item_id"] == first["id"]
+    items = eva.get("/v1/labeling/next?n=2").json()["items"]
+    assert [i["id"] for i in items] == [first["id"], preloaded["id"]]
+    # Labeled again, changed: the new labels are the live ones.
+    task = app.state.bundle.schema_.tasks[0]
+    other = next(lab for lab in task.labels if lab != first["suggestion"][task.name]["label"])
+    labels = {**suggested(first), task.name: other}
+    assert answer(eva, csrf, first, labels, "first-answer-2").status_code == 200
+    records = app.state.workspace.labels.records(kinds=("label",))
+    assert [(r["item_id"], r["labels"]) for r in records] == [(first["id"], labels)]
+    assert records[0]["changed"] == [task.name]
+    # Undo takes back the second label too; then nothing is left to undo: 404.
+    assert eva.post("/v1/labeling/undo", headers=csrf).status_code == 200
+    assert eva.post("/v1/labeling/undo", headers=csrf).status_code == 404
+
+
+def test_disagreement_is_reviewed_resolved_and_exported(onnx_bundle, tmp_path):
+    app = make_app(onnx_bundle, tmp_path, agreement_share=1.0)
+    with TestClient(app) as main:
+        add_users(app, main)
+        upload(app, POSTS[:1])
+        eva, eva_csrf = signed_in(app, "eva")
+        ed, ed_csrf = signed_in(app, "ed")
+        lee, lee_csrf = signed_in(app, "lee")
+        task = app.state.bundle.schema_.tasks[0]
+        item = eva.get("/v1/labeling/next").json()["items"][0]
+        assert item["needed"] == 2
+        same = ed.get("/v1/labeling/next").json()["items"]
+        assert [i["id"] for i in same] == [item["id"]]  # the second opinion
+        mine = suggested(item)
+        theirs = {**mine, task.name: next(x for x in task.labels if x != mine[task.name])}
+        assert answer(eva, eva_csrf, item, mine, "eva-answer-01").json()["state"] == "open"
+        assert answer(ed, ed_csrf, item, theirs, "ed-answer-001").json()["state"] == "review"
+
+        stats = lee.get("/v1/labeling/stats").json()
+        assert stats["pool"]["review"] == 1 and stats["records"] == 2
+        assert set(stats["label_counts"]) == {"eva", "ed"}
+        assert stats["label_counts"]["ed"][task.name] == {theirs[task.name]: 1}
+        assert stats["tasks"][task.name]["items_multi"] == 1
+        pair = stats["tasks"][task.name]["pairwise_kappa"]
+        assert [(p["a"], p["b"], p["items"]) for p in pair] == [("ed", "eva", 1)]
+        assert stats["tasks"][task.name]["suggestion"]["changed"] == 1
+
+        queue = lee.get("/v1/labeling/review").json()
+        assert [i["id"] for i in queue] == [item["id"]]
+        answers = {a["evaluator"]: a["labels"] for a in queue[0]["answers"]}
+        assert answers == {"eva": mine, "ed": theirs}
+        assert eva.get("/v1/labeling/review").status_code == 403
+        r = lee.post(
+            f"/v1/labeling/items/{item['id']}/resolve",
+            headers=lee_csrf,
+            json={"labels": theirs, "idempotency_key": "resolve-0001"},
+        )
+        assert r.status_code == 200 and r.json()["state"] == "resolved"
+        assert lee.get("/v1/labeling/review").json() == []
+
+        export = lee.get("/v1/labeling/export?format=jsonl")
+        assert export.status_code == 200
+        assert "attachment" in export.headers["content-disposition"]
+        rows = [json.loads(line) for line in export.text.splitlines()]
+        by = {r["evaluator"]: r for r in rows}
+        assert set(by) == {"eva", "ed", "lee"}
+        assert json.loads(by["eva"]["labels_json"]) == mine
+        assert json.loads(by["ed"]["labels_json"]) == theirs
+        assert by["lee"]["final"] and json.loads(by["lee"]["labels_json"]) == theirs
+        assert not by["eva"]["final"]
+        assert eva.get("/v1/labeling/export").status_code == 403
+        studio = lee.get("/v1/labeling/export?format=label-studio")
+        assert studio.status_code == 200 and isinstance(studio.json(), list)
+
+
+def test_a_lead_uploads_a_file_from_the_stats_page(app):
+    # The upload scores the posts: through the lifespan's client (see add_users).
+    lee, csrf = signed_in(app, "lee", app.state.lifespan_client)
+    jsonl = b'{"text": "lost my bag"}\nnot json\n{"text": "lost my bag"}\n{"text": "thanks!"}\n'
+    files = {"file": ("posts.jsonl", jsonl, "application/x-ndjson")}
+    assert lee.post("/v1/labeling/items", files=files).status_code == 403  # no CSRF header
+    r = lee.post("/v1/labeling/items", headers=csrf, files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["added"], body["duplicates"]) == (2, 1)
+    assert [e["line"] for e in body["errors"]] == [2]
+    eva, csrf = signed_in(app, "eva")
+    assert eva.post("/v1/labeling/items", headers=csrf, files=files).status_code == 403

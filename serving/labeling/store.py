@@ -13,8 +13,12 @@ An item's ``state`` is recomputed from its live (not retracted) label rows after
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     Connection,
+    Table,
     delete,
     exists,
     func,
@@ -46,6 +51,8 @@ I = items_table  # noqa: E741  (short names keep the queries readable)
 L = labels_table
 LE = leases_table
 U = users_table
+
+log = logging.getLogger("caretriage.labeling")
 
 __all__ = ["ROLES", "LabelingError", "LabelingStore", "NewItem", "QueueConfig", "User"]
 
@@ -84,6 +91,19 @@ class QueueConfig:
     seed: int = 0
 
 
+# One lock per SQLite database in this process: its writers queue here (woken in turn) rather
+# than in SQLite's busy handler, which polls in sleeps of up to 100 ms and gives up after
+# the busy timeout ("database is locked"). Other processes are still kept out by the write lock.
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_SQLITE_WRITERS_LOCK = threading.Lock()
+_SQLITE_WRITER_WAIT = 30.0
+
+
+def _sqlite_writer(url: str) -> threading.Lock:
+    with _SQLITE_WRITERS_LOCK:
+        return _SQLITE_WRITERS.setdefault(url, threading.Lock())
+
+
 def text_key(normalized: str) -> str:
     """The pool's identity of a post: its normalized text, case and spacing folded."""
     folded = " ".join(normalized.casefold().split())
@@ -119,10 +139,25 @@ class LabelingStore(UserStore):
         self.store = store
         self.config = config or QueueConfig()
         self._rng = random.Random()
+        self._writer = None if self._pg else _sqlite_writer(str(store.url))
+        self._open_count: tuple[float, int] | None = None  # (time.monotonic(), count)
+        self._counting = threading.Lock()
 
     @property
     def _pg(self) -> bool:
         return self.store.dialect == "postgresql"
+
+    @contextmanager
+    def _write(self, *lock: Table) -> Iterator[Connection]:
+        """``Store._write``; on SQLite, after this process's earlier writers are done (if one
+        takes over ``_SQLITE_WRITER_WAIT`` s, SQLite's own busy handling decides, as before)."""
+        got = self._writer is not None and self._writer.acquire(timeout=_SQLITE_WRITER_WAIT)
+        try:
+            with self.store._write(*lock) as conn:
+                yield conn
+        finally:
+            if got:
+                self._writer.release()  # type: ignore[union-attr]
 
     # -- the pool -------------------------------------------------------------------------
 
@@ -142,7 +177,7 @@ class LabelingStore(UserStore):
             return result
         now = _now()
         cfg = self.config
-        with self.store._write(I) as conn:
+        with self._write(I) as conn:
             for chunk_start in range(0, len(fresh), 500):
                 chunk = fresh[chunk_start : chunk_start + 500]
                 keys = [it.text_key for it in chunk]
@@ -191,7 +226,7 @@ class LabelingStore(UserStore):
         their labels are training data)."""
         now = now or _now()
         labeled = exists().where(L.c.item_id == I.c.id)
-        with self.store._write(I) as conn:
+        with self._write(I) as conn:
             return conn.execute(
                 delete(I).where(I.c.expires_at.is_not(None), I.c.expires_at <= now, ~labeled)
             ).rowcount
@@ -200,6 +235,37 @@ class LabelingStore(UserStore):
         with self.store.engine.connect() as conn:
             row = conn.execute(select(I).where(I.c.id == item_id)).first()
         return _item_dict(row) if row is not None else None
+
+    def open_count(self, max_age: float = 1.0) -> int:
+        """Items still open, as the queue shows it beside the items it hands out. Counting
+        scans the open items (on a 100,000-item pool, tens of ms, and seconds from a cold
+        disk), so no request waits for it but the first: a count older than ``max_age``
+        seconds is returned as it is while a background thread counts anew."""
+        cached = self._open_count
+        if cached is None:
+            with self._counting:
+                if self._open_count is None:
+                    self._recount()
+            return self._open_count[1]  # type: ignore[index]
+        if time.monotonic() - cached[0] > max_age and self._counting.acquire(blocking=False):
+            threading.Thread(target=self._recount, args=(True,), daemon=True).start()
+        return cached[1]
+
+    def _recount(self, release: bool = False) -> None:
+        try:
+            taken = time.monotonic()
+            with self.store.engine.connect() as conn:
+                n = conn.execute(select(func.count()).where(I.c.state == "open")).scalar_one()
+            self._open_count = (taken, int(n))
+        except Exception:
+            if not release:
+                raise
+            log.warning(
+                "counting the open items failed; the next request tries again", exc_info=True
+            )
+        finally:
+            if release:
+                self._counting.release()
 
     def pool_counts(self) -> dict[str, int]:
         with self.store.engine.connect() as conn:
@@ -217,7 +283,7 @@ class LabelingStore(UserStore):
         preloads the rest)."""
         now = now or _now()
         until = now + timedelta(seconds=self.config.lease_seconds)
-        with self.store._write() as conn:
+        with self._write() as conn:
             conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.expires_at <= now))
             held = (
                 conn.execute(
@@ -267,6 +333,35 @@ class LabelingStore(UserStore):
         return None
 
     def _claim_from(self, conn: Connection, user_id: int, now: datetime, audit: bool) -> int | None:
+        order = I.c.rand if audit else I.c.priority.desc()
+        passed: list[int] = []
+        while True:
+            q = (
+                select(I.c.id)
+                .where(*self._claimable(user_id, now), I.c.audit == audit)
+                .order_by(order, I.c.id)
+                .limit(1)
+            )
+            if passed:
+                q = q.where(I.c.id.not_in(passed))
+            if not self._pg:
+                return conn.execute(q).scalar()
+            found = conn.execute(q.with_for_update(of=I, skip_locked=True)).scalar()
+            if found is None:
+                return None
+            # The row was filtered on this statement's snapshot, which may predate the commit
+            # of another claim that held the row's lock until a moment ago (SKIP LOCKED then no
+            # longer skips it, and that claim's lease is not in the snapshot). Now that the
+            # lock is ours, look again in a new snapshot, which sees every claim committed.
+            again = select(I.c.id).where(I.c.id == found, *self._claimable(user_id, now))
+            if conn.execute(again).scalar() is not None:
+                return found
+            passed.append(found)
+
+    @staticmethod
+    def _claimable(user_id: int, now: datetime) -> list[Any]:
+        """An item ``user_id`` may claim at ``now``: open, not yet covered by answers and
+        live leases, not answered (or held) by them, not expired."""
         live_leases = (
             select(func.count())
             .where(LE.c.item_id == I.c.id, LE.c.expires_at > now)
@@ -276,26 +371,16 @@ class LabelingStore(UserStore):
             L.c.item_id == I.c.id, L.c.user_id == user_id, L.c.retracted_at.is_(None)
         )
         mine = exists().where(LE.c.item_id == I.c.id, LE.c.user_id == user_id)
-        order = I.c.rand if audit else I.c.priority.desc()
-        q = (
-            select(I.c.id)
-            .where(
-                I.c.state == "open",
-                I.c.audit == audit,
-                I.c.done + live_leases < I.c.needed,
-                ~answered,
-                ~mine,
-                or_(I.c.expires_at.is_(None), I.c.expires_at > now),
-            )
-            .order_by(order, I.c.id)
-            .limit(1)
-        )
-        if self._pg:
-            q = q.with_for_update(of=I, skip_locked=True)
-        return conn.execute(q).scalar()
+        return [
+            I.c.state == "open",
+            I.c.done + live_leases < I.c.needed,
+            ~answered,
+            ~mine,
+            or_(I.c.expires_at.is_(None), I.c.expires_at > now),
+        ]
 
     def release(self, user_id: int, item_id: int) -> None:
-        with self.store._write() as conn:
+        with self._write() as conn:
             conn.execute(delete(LE).where(LE.c.user_id == user_id, LE.c.item_id == item_id))
 
     # -- labels ---------------------------------------------------------------------------
@@ -324,7 +409,7 @@ class LabelingStore(UserStore):
             return self._replayed(replay, item_id)
         now = _now()
         try:
-            with self.store._write() as conn:
+            with self._write() as conn:
                 item = self._lock_item(conn, item_id)
                 if item is None:
                     raise LabelingError(f"no item {item_id}", 404, ["item_id"])
@@ -437,7 +522,7 @@ class LabelingStore(UserStore):
         hand the item back to them at the head of their queue. None if there is nothing to
         undo; refused once a lead resolved the item."""
         now = now or _now()
-        with self.store._write() as conn:
+        with self._write() as conn:
             row = conn.execute(
                 select(L.c.id, L.c.item_id, L.c.kind)
                 .where(
@@ -455,6 +540,21 @@ class LabelingStore(UserStore):
                 raise LabelingError(f"item {row.item_id} was resolved by a lead; too late", 409)
             conn.execute(update(L).where(L.c.id == row.id).values(retracted_at=now))
             state = self._settle(conn, row.item_id)
+            # Taken back only if the item still wants this evaluator: after a skip, others may
+            # have claimed or answered it meanwhile, and a lease on top of theirs would let a
+            # single-label item be held (and answered) twice. Refused then; nothing changes.
+            done, needed = conn.execute(
+                select(I.c.done, I.c.needed).where(I.c.id == row.item_id)
+            ).one()
+            others = conn.execute(
+                select(func.count()).where(
+                    LE.c.item_id == row.item_id, LE.c.user_id != user_id, LE.c.expires_at > now
+                )
+            ).scalar_one()
+            if state != "open" or done + others >= needed:
+                raise LabelingError(
+                    f"item {row.item_id} was taken by other evaluators meanwhile; too late", 409
+                )
             until = now + timedelta(seconds=self.config.lease_seconds)
             # Back at the head: leased before anything the evaluator holds.
             first = conn.execute(
@@ -481,7 +581,7 @@ class LabelingStore(UserStore):
         replay = self._by_key(lead_id, idempotency_key)
         if replay is not None:
             return self._replayed(replay, item_id)
-        with self.store._write() as conn:
+        with self._write() as conn:
             item = self._lock_item(conn, item_id)
             if item is None:
                 raise LabelingError(f"no item {item_id}", 404, ["item_id"])
@@ -604,7 +704,7 @@ class LabelingStore(UserStore):
             :40
         ]
         key = f"import:{digest}"
-        with self.store._write() as conn:
+        with self._write() as conn:
             known = conn.execute(
                 select(L.c.id).where(L.c.user_id == user.id, L.c.idempotency_key == key)
             ).first()

@@ -105,7 +105,7 @@ def next_items(
     """The items to label next, leased to the caller: the first to show, the rest preloaded.
     Asking again returns the same items (the lease renewed) until they are answered."""
     got = ws.labels.next_items(user.id, n)
-    remaining = ws.labels.pool_counts()["open"]
+    remaining = ws.labels.open_count(max_age=1.0)
     return NextItems(items=[item_out(i) for i in got], remaining=remaining)
 
 
