@@ -330,3 +330,18 @@ def test_refresh_puts_diverse_uncertain_items_first(backend):
     (u,) = users(ws, "eva")
     got = [i["text"] for i in ws.next_items(u, n=2)]
     assert got[0].startswith("dup") and got[1] == "different"
+
+
+def test_the_open_count_follows_this_process_writes_between_recounts(backend):
+    ws = workspace(backend)
+    ws.add_items(items("a", "b", "c"))
+    assert ws.open_count(max_age=3600) == 3
+    ws.add_items(items("d"))
+    (u,) = users(ws, "eva")
+    (item,) = ws.next_items(u, n=1)
+    ws.submit(u, item["id"], kind="label", labels={"topic": "a"}, idempotency_key="k1")
+    assert ws.open_count(max_age=3600) == 3  # +1 added, -1 labeled; no recount
+    ws.undo(u)
+    assert ws.open_count(max_age=3600) == 4
+    ws.submit(u, item["id"], kind="skip", idempotency_key="k2")  # skipped items stay open
+    assert ws.open_count(max_age=3600) == 4 == ws.pool_counts()["open"]

@@ -16,8 +16,7 @@ import hashlib
 import logging
 import random
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from serving.labeling.errors import LabelingError
+from serving.labeling.reading import StoreReading, item_dict
 from serving.labeling.tables import aware as _aware
 from serving.labeling.tables import items_table, labels_table, leases_table, users_table
 from serving.labeling.tables import utcnow as _now
@@ -97,6 +97,8 @@ class QueueConfig:
 _SQLITE_WRITERS: dict[str, threading.Lock] = {}
 _SQLITE_WRITERS_LOCK = threading.Lock()
 _SQLITE_WRITER_WAIT = 30.0
+# Connection.info key: how a write transaction changed the number of open items.
+_OPEN_DELTA = "caretriage_open_delta"
 
 
 def _sqlite_writer(url: str) -> threading.Lock:
@@ -117,22 +119,13 @@ def _share(key: str, salt: str, seed: int) -> float:
     return int.from_bytes(h, "little") / 2**64
 
 
-def _item_dict(row: Any) -> dict[str, Any]:
-    m = dict(row._mapping)
-    m.pop("embedding", None)
-    for k in ("created_at", "expires_at"):
-        if k in m:
-            m[k] = _aware(m[k])
-    return m
-
-
 def agree(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> bool:
     """Two answers agree when every task both gave has the same label."""
     a, b = a or {}, b or {}
     return all(a[t] == b[t] for t in set(a) & set(b))
 
 
-class LabelingStore(UserStore):
+class LabelingStore(UserStore, StoreReading):
     """The workspace over the service's ``Store`` (same engine, same transactions)."""
 
     def __init__(self, store: Store, config: QueueConfig | None = None) -> None:
@@ -154,7 +147,13 @@ class LabelingStore(UserStore):
         got = self._writer is not None and self._writer.acquire(timeout=_SQLITE_WRITER_WAIT)
         try:
             with self.store._write(*lock) as conn:
-                yield conn
+                conn.info[_OPEN_DELTA] = 0
+                try:
+                    yield conn
+                finally:
+                    delta = conn.info.pop(_OPEN_DELTA, 0)
+            # Committed (an exception skips this): the cached count follows the change.
+            self._bump_open(delta)
         finally:
             if got:
                 self._writer.release()  # type: ignore[union-attr]
@@ -219,6 +218,7 @@ class LabelingStore(UserStore):
                 if rows:
                     ids = conn.execute(insert(I).returning(I.c.id), rows).scalars().all()
                     result.added.extend(ids)
+                    conn.info[_OPEN_DELTA] += len(ids)
         return result
 
     def purge_expired(self, now: datetime | None = None) -> int:
@@ -230,50 +230,6 @@ class LabelingStore(UserStore):
             return conn.execute(
                 delete(I).where(I.c.expires_at.is_not(None), I.c.expires_at <= now, ~labeled)
             ).rowcount
-
-    def get_item(self, item_id: int) -> dict[str, Any] | None:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(I).where(I.c.id == item_id)).first()
-        return _item_dict(row) if row is not None else None
-
-    def open_count(self, max_age: float = 1.0) -> int:
-        """Items still open, as the queue shows it beside the items it hands out. Counting
-        scans the open items (on a 100,000-item pool, tens of ms, and seconds from a cold
-        disk), so no request waits for it but the first: a count older than ``max_age``
-        seconds is returned as it is while a background thread counts anew."""
-        cached = self._open_count
-        if cached is None:
-            with self._counting:
-                if self._open_count is None:
-                    self._recount()
-            return self._open_count[1]  # type: ignore[index]
-        if time.monotonic() - cached[0] > max_age and self._counting.acquire(blocking=False):
-            threading.Thread(target=self._recount, args=(True,), daemon=True).start()
-        return cached[1]
-
-    def _recount(self, release: bool = False) -> None:
-        try:
-            taken = time.monotonic()
-            with self.store.engine.connect() as conn:
-                n = conn.execute(select(func.count()).where(I.c.state == "open")).scalar_one()
-            self._open_count = (taken, int(n))
-        except Exception:
-            if not release:
-                raise
-            log.warning(
-                "counting the open items failed; the next request tries again", exc_info=True
-            )
-        finally:
-            if release:
-                self._counting.release()
-
-    def pool_counts(self) -> dict[str, int]:
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(I.c.state, func.count()).group_by(I.c.state)).all()
-        counts = {s: 0 for s in ("open", "done", "review", "resolved")}
-        counts.update({s: int(n) for s, n in rows})
-        counts["total"] = sum(counts.values())
-        return counts
 
     # -- the queue ------------------------------------------------------------------------
 
@@ -313,7 +269,7 @@ class LabelingStore(UserStore):
             if not held:
                 return []
             rows = conn.execute(select(I).where(I.c.id.in_(held))).all()
-        by_id = {r._mapping["id"]: _item_dict(r) for r in rows}
+        by_id = {r._mapping["id"]: item_dict(r) for r in rows}
         out = []
         for i in held:
             item = by_id[i]
@@ -495,7 +451,7 @@ class LabelingStore(UserStore):
         if self._pg:
             q = q.with_for_update()
         row = conn.execute(q).first()
-        return _item_dict(row) if row is not None else None
+        return item_dict(row) if row is not None else None
 
     def _settle(self, conn: Connection, item_id: int) -> str:
         """Recompute the item's ``done`` count and ``state`` from its live rows."""
@@ -504,7 +460,7 @@ class LabelingStore(UserStore):
             .where(L.c.item_id == item_id, L.c.retracted_at.is_(None))
             .order_by(L.c.id)
         ).all()
-        item = conn.execute(select(I.c.needed).where(I.c.id == item_id)).scalar_one()
+        item, before = conn.execute(select(I.c.needed, I.c.state).where(I.c.id == item_id)).one()
         answers = [r.labels for r in rows if r.kind == "label"]
         if any(r.kind == "resolve" for r in rows):
             state = "resolved"
@@ -515,6 +471,8 @@ class LabelingStore(UserStore):
         else:
             state = "open"
         conn.execute(update(I).where(I.c.id == item_id).values(done=len(answers), state=state))
+        if (state == "open") != (before == "open"):
+            conn.info[_OPEN_DELTA] = conn.info.get(_OPEN_DELTA, 0) + (1 if state == "open" else -1)
         return state
 
     def undo(self, user_id: int, now: datetime | None = None) -> dict[str, Any] | None:
@@ -608,73 +566,6 @@ class LabelingStore(UserStore):
             state = self._settle(conn, item_id)
         return {"id": label_id, "item_id": item_id, "kind": "resolve", "state": state}
 
-    # -- reading labels ---------------------------------------------------------------------
-
-    def records(
-        self, *, kinds: Iterable[str] = ("label", "resolve", "flag"), item_ids=None
-    ) -> list[dict[str, Any]]:
-        """Live label rows joined with their item and evaluator, oldest first: what the
-        stats, review and export are computed from."""
-        q = (
-            select(
-                L.c.id,
-                L.c.item_id,
-                L.c.kind,
-                L.c.labels,
-                L.c.suggestion,
-                L.c.model_version,
-                L.c.changed,
-                L.c.note,
-                L.c.created_at,
-                L.c.duration_ms,
-                U.c.name.label("evaluator"),
-                U.c.role,
-                I.c.text,
-                I.c.text_key,
-                I.c.channel,
-                I.c.author,
-                I.c.source,
-                I.c.state,
-                I.c.needed,
-                I.c.external_id,
-            )
-            .join(U, U.c.id == L.c.user_id)
-            .join(I, I.c.id == L.c.item_id)
-            .where(L.c.retracted_at.is_(None), L.c.kind.in_(tuple(kinds)))
-            .order_by(L.c.id)
-        )
-        if item_ids is not None:
-            q = q.where(L.c.item_id.in_(list(item_ids)))
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        out = []
-        for r in rows:
-            m = dict(r._mapping)
-            m["labeled_at"] = _aware(m.pop("created_at"))
-            out.append(m)
-        return out
-
-    def review_queue(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Items waiting for a lead (disagreements and flags), oldest first, with every live
-        answer given."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(I).where(I.c.state == "review").order_by(I.c.id).limit(limit)
-            ).all()
-        items = [_item_dict(r) for r in rows]
-        answers = self.records(kinds=("label", "flag"), item_ids=[i["id"] for i in items])
-        for item in items:
-            item["answers"] = [a for a in answers if a["item_id"] == item["id"]]
-        return items
-
-    def all_items(self) -> list[dict[str, Any]]:
-        with self.store.engine.connect() as conn:
-            return [_item_dict(r) for r in conn.execute(select(I).order_by(I.c.id)).all()]
-
-    def item_id_for(self, key: str) -> int | None:
-        with self.store.engine.connect() as conn:
-            return conn.execute(select(I.c.id).where(I.c.text_key == key)).scalar()
-
     def import_answer(
         self,
         item_id: int,
@@ -724,10 +615,3 @@ class LabelingStore(UserStore):
             )
             self._settle(conn, item_id)
         return True
-
-    def unlabeled_items(self, limit: int | None = None) -> list[dict[str, Any]]:
-        q = select(I).where(I.c.done == 0, I.c.state == "open").order_by(I.c.id)
-        if limit:
-            q = q.limit(limit)
-        with self.store.engine.connect() as conn:
-            return [_item_dict(r) for r in conn.execute(q).all()]
