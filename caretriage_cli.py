@@ -11,19 +11,22 @@ import sys
 from pathlib import Path
 
 
-def _train_config(args):
-    from training.config import TrainConfig
+def _config_file(args) -> Path | None:
+    """The TrainConfig file ``--deployment NAME`` or ``--config FILE`` names, if any."""
+    from training.config import deployment_config_path
 
-    data = {}
-    if args.config:
-        text = Path(args.config).read_text()
-        if args.config.endswith((".yaml", ".yml")):
-            import yaml
+    if getattr(args, "deployment", None) and getattr(args, "config", None):
+        raise SystemExit("caretriage: give --deployment or --config, not both")
+    if getattr(args, "deployment", None):
+        try:
+            return deployment_config_path(args.deployment)
+        except ValueError as e:
+            raise SystemExit(f"caretriage: {e}") from e
+    return Path(args.config) if getattr(args, "config", None) else None
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    cfg = TrainConfig.model_validate(data)
+
+def _overrides(cfg, args):
+    """Command-line flags over the config's values."""
     for key in ("epochs", "seed", "name", "tracking_uri", "threads"):
         v = getattr(args, key, None)
         if v is not None:
@@ -32,6 +35,19 @@ def _train_config(args):
         cfg.data.tasks = args.tasks
     if getattr(args, "data_dir", None):
         cfg.data.data_dir = Path(args.data_dir)
+    if getattr(args, "max_rows", None):
+        cfg.data.max_rows = args.max_rows
+    if getattr(args, "tiny", False):
+        cfg.tiny = True
+    return cfg
+
+
+def _train_config(args):
+    from training.config import HumanLabelsConfig, TrainConfig, load_train_config
+
+    path = _config_file(args)
+    cfg = load_train_config(path) if path else TrainConfig()
+    _overrides(cfg, args)
     if getattr(args, "no_register", False):
         cfg.register_model = False
     if getattr(args, "teacher", None):
@@ -39,6 +55,18 @@ def _train_config(args):
 
         kept = cfg.distill.model_dump(exclude={"teachers"}) if cfg.distill else {}
         cfg.distill = DistillConfig(teachers=[Path(p) for p in args.teacher], **kept)
+    if getattr(args, "with_labels", None):
+        kept = cfg.data.human.model_dump(exclude={"path"}) if cfg.data.human else {}
+        cfg.data.human = HumanLabelsConfig(path=Path(args.with_labels).resolve(), **kept)
+    if cfg.data.human is not None:
+        if getattr(args, "holdout", None) is not None:
+            cfg.data.human.holdout = args.holdout
+        if getattr(args, "add_labels", False):
+            cfg.data.human.add_labels = True
+    elif getattr(args, "holdout", None) is not None or getattr(args, "add_labels", False):
+        raise SystemExit("caretriage: --holdout and --add-labels need --with-labels EXPORT")
+    if getattr(args, "init_from", None):
+        cfg.init_from = Path(args.init_from).resolve()
     return cfg
 
 
@@ -56,22 +84,81 @@ def cmd_serve(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from training.human_labels import UnknownLabels
     from training.pipeline import run
 
     cfg = _train_config(args)
-    res = run(cfg, Path(args.bundle_dir) if args.bundle_dir else None, export=not args.no_export)
+    try:
+        res = run(
+            cfg, Path(args.bundle_dir) if args.bundle_dir else None, export=not args.no_export
+        )
+    except UnknownLabels as e:
+        raise SystemExit(f"caretriage train: {e}") from e
     print(
         json.dumps(
             {
                 "run_id": res.run_id,
                 "seconds": round(res.seconds),
                 "metrics": res.metrics,
+                "human_holdout_metrics": res.human_metrics,
                 "bundle": str(res.bundle),
                 "registry": res.registry,
             },
             indent=2,
         )
     )
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from features.bundle import BundleError, read_bundle
+    from training.config import HumanLabelsConfig, TrainConfig, load_train_config
+    from training.promote import DEFAULT_POINTER, PromotionError, promote
+
+    try:
+        meta = read_bundle(args.bundle).meta
+    except (BundleError, OSError, ValueError) as e:
+        raise SystemExit(f"caretriage promote: {e}") from e
+    path = _config_file(args)
+    recorded = (meta.training or {}).get("config")
+    if path:
+        cfg = load_train_config(path)
+    elif recorded:  # the candidate's own training config: its data, name and gate
+        cfg = TrainConfig.model_validate(recorded)
+    else:
+        cfg = TrainConfig()
+    _overrides(cfg, args)
+    if args.margin is not None:
+        cfg.promotion.max_drop = args.margin
+    if args.human_tolerance is not None:
+        cfg.promotion.human_tolerance = args.human_tolerance
+    human = None
+    trained_with = cfg.data.human
+    labels = args.with_labels or (trained_with.path if trained_with else None)
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise SystemExit(f"caretriage promote: no labels export at {labels}")
+        kept = trained_with.model_dump(exclude={"path"}) if trained_with else {}
+        human = HumanLabelsConfig(path=Path(labels), **kept)
+        if args.holdout is not None:
+            human.holdout = args.holdout
+    pointer = None if args.no_pointer else Path(args.pointer) if args.pointer else DEFAULT_POINTER
+    try:
+        decision = promote(
+            Path(args.bundle),
+            cfg,
+            human=human,
+            pointer=pointer,
+            champion=Path(args.champion_bundle) if args.champion_bundle else None,
+        )
+    except PromotionError as e:
+        raise SystemExit(f"caretriage promote: {e}") from e
+    print(json.dumps(decision.to_dict(), indent=2))
+    if not decision.promoted:
+        print("caretriage promote: refused:", file=sys.stderr)
+        for reason in decision.reasons:
+            print(f"  - {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -258,17 +345,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir")
     s.set_defaults(fn=cmd_serve)
 
-    def train_opts(q):
+    def config_opts(q):
+        q.add_argument(
+            "--deployment",
+            metavar="NAME",
+            help="the deployment's config, deployments/NAME/train.yaml (schema, data, gate)",
+        )
         q.add_argument("--config", help="a TrainConfig as JSON or YAML")
+        q.add_argument("--name", help="the registered model name (default: the config's)")
+        q.add_argument("--data-dir")
+        q.add_argument("--tracking-uri")
+
+    def train_opts(q):
+        config_opts(q)
         q.add_argument("--epochs", type=int)
         q.add_argument("--seed", type=int)
         q.add_argument(
             "--threads", type=int, help="torch threads for this job (default: all cores)"
         )
-        q.add_argument("--name")
-        q.add_argument("--tasks", nargs="+", choices=["topic", "sentiment", "actionability"])
-        q.add_argument("--data-dir")
-        q.add_argument("--tracking-uri")
+        q.add_argument(
+            "--tasks", nargs="+", help="train these tasks only (default: the config's three)"
+        )
+        q.add_argument("--max-rows", type=int, help="cap every table at N rows (smoke runs)")
+        q.add_argument("--tiny", action="store_true", help="a random tiny encoder (smoke runs)")
 
     t = sub.add_parser("train", help="fine-tune, evaluate, export, register (MLflow)")
     train_opts(t)
@@ -281,7 +380,62 @@ def parser() -> argparse.ArgumentParser:
         metavar="BUNDLE",
         help="distil from this model bundle's predictions (repeat to average several teachers)",
     )
+    t.add_argument(
+        "--with-labels",
+        metavar="EXPORT",
+        help="train on the final human labels of a labeling export (JSONL or Parquet);"
+        " they win over base rows of the same text",
+    )
+    t.add_argument(
+        "--holdout",
+        type=float,
+        help="share of labeled items held out and reported on, by a seeded hash (default 0.2)",
+    )
+    t.add_argument(
+        "--add-labels",
+        action="store_true",
+        help="add labels the export has and the schema lacks (the task's head grows)",
+    )
+    t.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from this training checkpoint (or the bundle it exported), keeping its"
+        " weights; grown heads keep their rows for the labels they had",
+    )
     t.set_defaults(fn=cmd_train)
+
+    pr = sub.add_parser(
+        "promote",
+        help="score a candidate bundle against the champion; move the alias and the serving"
+        " pointer only if it is no worse",
+    )
+    pr.add_argument("bundle", help="the candidate bundle folder")
+    config_opts(pr)
+    pr.add_argument(
+        "--with-labels",
+        metavar="EXPORT",
+        help="compare on this export's held-out human slice (default: the one the candidate"
+        " trained with, if any)",
+    )
+    pr.add_argument("--holdout", type=float, help="the slice's share (default: as trained)")
+    pr.add_argument(
+        "--margin",
+        type=float,
+        help="points any task's test metric may fall below the champion's (default 1)",
+    )
+    pr.add_argument(
+        "--human-tolerance",
+        type=float,
+        help="points the human slice's mean macro-F1 may fall (default 0: hold or improve)",
+    )
+    pr.add_argument(
+        "--pointer", help="the serving pointer file to write (default models/champion.json)"
+    )
+    pr.add_argument("--no-pointer", action="store_true", help="move the alias only")
+    pr.add_argument(
+        "--champion-bundle", help="the champion's bundle folder, if not where it was registered"
+    )
+    pr.set_defaults(fn=cmd_promote)
 
     e = sub.add_parser("export", help="export a training checkpoint to a checked ONNX bundle")
     e.add_argument("--checkpoint", required=True)

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from features.calibration import softmax
 from features.schema import LabelSchema
+from training.data import NON_TASK_COLUMNS
 
 Logits = dict[str, np.ndarray]
 Predictor = Callable[[Sequence[str]], Logits]
@@ -21,19 +22,34 @@ def _pct(x: float) -> float:
     return round(100.0 * float(x), 2)
 
 
+def split_tables(corpus: DatasetDict, split: str) -> list[str]:
+    """The corpus tables of ``split``: ``split`` itself and every ``<source>_<split>``."""
+    return [k for k in corpus if k == split or k.endswith(f"_{split}")]
+
+
 def eval_sets(
     corpus: DatasetDict, split: str = "test"
 ) -> dict[str, tuple[list[str], list[int], list[str]]]:
-    """Per task: (texts, gold label ids, domains) of the rows that carry that task's label."""
-    air = corpus[split]
+    """Per task: (texts, gold label ids, domains) of the rows that carry that task's label,
+    gathered from every table of ``split`` (training.data names them), in table order. Tasks
+    come sentiment, topic, actionability first (the order the shipped checks were made in),
+    then a schema's further tasks; a task without rows is absent."""
     out: dict[str, tuple[list[str], list[int], list[str]]] = {}
-    for task in ("sentiment", "topic"):
-        rows = [(t, y) for t, y in zip(air["text"], air[task], strict=True) if y >= 0]
-        out[task] = ([t for t, _ in rows], [y for _, y in rows], [""] * len(rows))
-    if f"complaints_{split}" in corpus:
-        c = corpus[f"complaints_{split}"]
-        out["actionability"] = (list(c["text"]), list(c["actionability"]), list(c["domain"]))
-    return out
+    for name in split_tables(corpus, split):
+        table = corpus[name]
+        texts = table["text"]
+        domains = table["domain"] if "domain" in table.column_names else None
+        for task in [c for c in table.column_names if c not in NON_TASK_COLUMNS]:
+            gold = table[task]
+            keep = [i for i, y in enumerate(gold) if y >= 0]
+            if not keep:
+                continue
+            t, g, d = out.setdefault(task, ([], [], []))
+            t.extend(texts[i] for i in keep)
+            g.extend(gold[i] for i in keep)
+            d.extend(domains[i] if domains is not None else "" for i in keep)
+    rank = {t: i for i, t in enumerate(("sentiment", "topic", "actionability"))}
+    return {t: out[t] for t in sorted(out, key=lambda t: rank.get(t, len(rank)))}
 
 
 def task_metrics(

@@ -1308,12 +1308,17 @@ def _torch_predictor(model, tokenizer, max_length):
 
 def _agreement_texts(corpus, cap: int = 1000) -> dict[str, list[str]]:
     """Texts that choose the recipe, mirroring the test sets of the gate but never test
-    rows: the validation rows of each task; for actionability without a validation fold,
-    training complaints (agreement needs no labels)."""
+    rows: the validation rows of each task; for a task without validation rows (actionability
+    without a validation fold), its training rows (agreement needs no labels), else the first
+    task's validation texts."""
+    from training.data import task_columns
+
     val = eval_sets(corpus, "val")
     out = {task: texts[:cap] for task, (texts, _, _) in val.items() if texts}
-    if "actionability" not in out:
-        train = corpus["train"]
-        comp = [t for t, s in zip(train["text"], train["source"], strict=True) if s == "complaints"]
-        out["actionability"] = comp[:cap] or out.get("sentiment", [])
+    train = corpus["train"]
+    first = next(iter(out.values()), [])
+    for task in task_columns(train):
+        if task not in out:
+            rows = [t for t, y in zip(train["text"], train[task], strict=True) if y >= 0]
+            out[task] = rows[:cap] or first
     return out

@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import DatasetDict
+
 from features.schema import LabelSchema
 from features.text import NORMALIZERS
 from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import confusion_figure, eval_sets, evaluate, reliability_figure
 from training.export import ExportGate
+from training.human_labels import HOLDOUT, HumanSnapshot, load_human, merge_human
 from training.tracking import QualityGate, flatten, log_config, register_bundle, setup
 from training.train import make_predictor, save_checkpoint, train
 
@@ -32,6 +35,8 @@ class JobResult:
     seconds: float
     shipped: bool = False
     selected: str | None = None  # which weights were kept ("epoch 3 ema"), from validation
+    # Metrics on the held-out slice of human labels (empty without --with-labels).
+    human_metrics: dict[str, dict[str, float]] | None = None
 
 
 def _folds(cfg: TrainConfig) -> str:
@@ -48,6 +53,23 @@ def offline() -> None:
         os.environ.setdefault(k, "1")
 
 
+def prepare(
+    cfg: TrainConfig, corpus: DatasetDict | None = None, schema: LabelSchema | None = None
+) -> tuple[LabelSchema, DatasetDict, HumanSnapshot | None]:
+    """The run's label schema and corpus: the configured sources (or ``corpus``), with the
+    human labels of ``data.human`` merged in and their held-out slice as its own table. The
+    schema is the config's, grown by any labels ``add_labels`` let the export add."""
+    schema = schema or LabelSchema.load(cfg.label_schema)
+    snap = None
+    if cfg.data.human is not None:
+        snap = load_human(cfg.data.human, schema, cfg.data.normalizer)
+        schema = snap.schema
+    corpus = corpus if corpus is not None else load_corpus(cfg.data, schema)
+    if snap is not None:
+        corpus = merge_human(corpus, snap, cfg.data.tasks)
+    return schema, corpus, snap
+
+
 def run(
     cfg: TrainConfig,
     bundle_dir: Path | None = None,
@@ -59,22 +81,33 @@ def run(
 ) -> JobResult:
     offline()
     t0 = time.time()
-    schema = LabelSchema.load(cfg.label_schema)
-    corpus = corpus if corpus is not None else load_corpus(cfg.data, schema)
+    schema, corpus, snap = prepare(cfg, corpus)
     mlflow = setup(cfg.tracking_uri, cfg.experiment)
     with mlflow.start_run(run_name=f"{cfg.name}-{'+'.join(cfg.data.tasks)}") as active:
         log_config(mlflow, cfg)
         mlflow.log_dict({k: len(v) for k, v in corpus.items()}, "data/rows_per_split.json")
+        if snap is not None:
+            # The snapshot by content: the file may be rewritten, its hash says which one.
+            mlflow.log_dict(snap.summary(), "data/human_labels.json")
+            mlflow.log_params(
+                {"human_labels.file": str(snap.path), "human_labels.sha256": snap.sha256}
+            )
+            mlflow.set_tag("human_labels.sha256", snap.sha256)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
-        trained = train(cfg, corpus, on_epoch=on_epoch)
+        trained = train(cfg, corpus, on_epoch=on_epoch, schema=schema)
         mlflow.set_tag("selected_weights", trained.selected)
         predict = make_predictor(trained.model, trained.tokenizer, cfg.max_length)
         metrics, logits = evaluate(predict, schema, corpus, "test", tasks=cfg.data.tasks)
         mlflow.log_metrics(flatten(metrics, "test."))
         mlflow.log_dict(metrics, "metrics/test.json")
+        human = None
+        if HOLDOUT in corpus and len(corpus[HOLDOUT]):
+            human, _ = evaluate(predict, schema, corpus, HOLDOUT, tasks=cfg.data.tasks)
+            mlflow.log_metrics(flatten(human, "human."))
+            mlflow.log_dict(human, "metrics/human_holdout.json")
         mlflow.log_dict(trained.temperatures, "metrics/temperatures.json")
         sets = eval_sets(corpus, "test")
         for task in metrics:
@@ -102,6 +135,8 @@ def run(
                 "epochs": trained.history,
                 "selected": trained.selected,
             }
+            if snap is not None:
+                training["human_labels"] = snap.summary() | {"metrics": human}
             registry, shipped = export_and_register(
                 mlflow,
                 trained,
@@ -116,7 +151,7 @@ def run(
         secs = time.time() - t0
         mlflow.log_metric("job_seconds", secs)
         return JobResult(
-            active.info.run_id, metrics, out, registry, secs, shipped, trained.selected
+            active.info.run_id, metrics, out, registry, secs, shipped, trained.selected, human
         )
 
 
@@ -172,7 +207,7 @@ def export_and_register(
     if report.failures:
         mlflow.set_tag("export_gate_failures", "; ".join(report.failures)[:5000])
         log.warning("export checks failed: %s", report.failures)
-    gate = gate or QualityGate()
+    gate = gate or cfg.gate
     registry = None
     if cfg.register_model and (report.passed or allow_export_failures):
         registry = register_bundle(mlflow, out, cfg.name, report.int8_metrics, gate)
@@ -214,7 +249,7 @@ def export_checkpoint(
     offline()
     trained = load_checkpoint(checkpoint)
     trained.config.register_model = register
-    corpus = load_corpus(trained.config.data, trained.schema)
+    _, corpus, _ = prepare(trained.config, schema=trained.schema)
     mlflow = setup(trained.config.tracking_uri, trained.config.experiment)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -255,6 +290,64 @@ REFERENCE = {
 }
 
 
+def reference(cfg: TrainConfig, key: str) -> str:
+    """The model card's reference figure for ``task.metric``: the published or baseline figure
+    when the run is gated on the shipped floors (same data), else the deployment's floor."""
+    floor = cfg.gate.floors.get(key)
+    if floor is not None and floor == QualityGate().floors.get(key):
+        return REFERENCE.get(key, "")
+    return f"floor {floor:g}" if floor is not None else ""
+
+
+def data_card(cfg: TrainConfig, human: dict | None = None) -> str:
+    """The model card's data section, one line per configured source."""
+    lines = []
+    for src in cfg.data.active_sources():
+        tasks = ", ".join(src.task_columns)
+        if src.kind == "airline":
+            topic = (
+                '; topic learned from negative tweets carrying a reason other than "Can\'t Tell"'
+                if "topic" in src.task_columns
+                else ""
+            )
+            lines.append(
+                f"- {tasks}: Twitter US Airline Sentiment (Crowdflower, CC BY-NC-SA 4.0), fixed"
+                f" 80/10/10 split{topic}."
+            )
+        elif src.kind == "complaints":
+            lines.append(
+                f"- {tasks}: complaints corpus (Preoţiuc-Pietro et al., ACL 2019), {_folds(cfg)};"
+                " complaint = complaint, random tweets/replies = none, brand-addressed"
+                " non-complaints from the project's silver request/none annotation."
+            )
+        elif src.kind == "tweeteval":
+            lines.append(
+                f"- {tasks}, extra training rows: TweetEval sentiment validation (2,000 tweets)."
+            )
+        else:
+            how = ", ".join(f"{k} `{v}`" for k, v in src.splits.items()) or (
+                f"split column `{src.split_column}`" if src.split_column else "training rows"
+            )
+            carved = (
+                f"; {src.val_fraction:.0%} of training rows per label held out for validation"
+                if src.val_fraction
+                else ""
+            )
+            lines.append(
+                f"- {tasks}: `{src.source_name}` ({src.kind}, `{src.path}`: {how}{carved});"
+                f" label columns {src.task_columns}."
+            )
+    lines += [f"- extra training rows: `{s}`." for s in cfg.data.extra]
+    if human:
+        lines.append(
+            f"- human labels: `{human['path']}` (sha256 {human['sha256'][:12]}),"
+            f" {human['train_rows']} final labels trained on (winning over base rows of the same"
+            f" text), {human['holdout_rows']} held out ({human['holdout_share']:.0%} by a seeded"
+            f" hash of the item); labels added: {human['added_labels'] or 'none'}."
+        )
+    return "\n".join(lines)
+
+
 def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
     from features.bundle import read_bundle
 
@@ -265,7 +358,7 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         for k, v in m.items():
             if k == "n":
                 continue
-            ref = REFERENCE.get(f"{t}.{k}", "")
+            ref = reference(cfg, f"{t}.{k}")
             fp = report.fp32_metrics.get(t, {}).get(k, "")
             rows.append(f"| {t} | {k} | {v} | {fp} | {ref} |")
     flips = report.quantization.get("batch_flip_rate")
@@ -298,13 +391,7 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
         )
     labels = "\n".join(f"- **{t.name}**: {', '.join(t.labels)}" for t in b.schema_.tasks)
     weights = ", ".join(f"{t} {w:g}" for t, w in cfg.task_weights.items())
-    extra_data = ""
-    if cfg.data.use_tweeteval:
-        extra_data += (
-            "\n- sentiment, extra training rows: TweetEval sentiment validation (2,000 tweets)."
-        )
-    for src in cfg.data.extra:
-        extra_data += f"\n- extra training rows: `{src}`."
+    data_lines = data_card(cfg, training.get("human_labels"))
     distilled = ""
     if cfg.distill:
         names = ", ".join(f"`{p.name}`" for p in cfg.distill.teachers)
@@ -365,11 +452,7 @@ A multi-task classifier for social customer care: one encoder pass yields **topi
 {labels}
 
 ## Data
-- sentiment and topic: Twitter US Airline Sentiment (Crowdflower, CC BY-NC-SA 4.0), fixed
-  80/10/10 split; topic learned from negative tweets carrying a reason other than "Can't Tell".
-- actionability: complaints corpus (Preoţiuc-Pietro et al., ACL 2019), {_folds(cfg)};
-  complaint = complaint, random tweets/replies = none, brand-addressed non-complaints from the
-  project's silver request/none annotation.{extra_data}
+{data_lines}
 
 ## Metrics (test splits, percent)
 | task | metric | int8 (this bundle) | fp32 ONNX | reference |

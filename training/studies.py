@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import TrainConfig
+from training.config import DataConfig, TrainConfig
 from training.pipeline import run
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,24 @@ def _study_key(cfg: TrainConfig) -> dict:
     on one machine resumes on another."""
     d = cfg.model_dump(
         mode="json",
-        exclude={"output_dir", "threads", "tracking_uri", "register_model", "lexical"},
+        exclude={
+            "output_dir",
+            "threads",
+            "tracking_uri",
+            "register_model",
+            "lexical",
+            "gate",
+            "promotion",
+        },
     )
     d["data"].pop("complaints_test_fold", None)
+    # Settings added after study files were written count only when set, so the files'
+    # folds stay valid for the configs that produced them.
+    if [s.resolved() for s in cfg.data.sources] == [s.resolved() for s in DataConfig().sources]:
+        d["data"].pop("sources")
+    for key, where in (("human", d["data"]), ("init_from", d)):
+        if where.get(key) is None:
+            where.pop(key, None)
     d["base_model"] = fingerprint(cfg.base_model)
     d["label_schema"] = fingerprint(cfg.label_schema)
     d["data"]["data_dir"] = fingerprint(cfg.data.data_dir)

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 # Model-version tag holding the metrics the version was gated on (its bundle's test metrics).
 METRICS_TAG = "metrics"
+# Model-version tags naming the bundle a version was registered from: its version string and
+# the folder it was exported to.
+BUNDLE_VERSION_TAG = "bundle_version"
+BUNDLE_PATH_TAG = "bundle_path"
 
 
 class QualityGate(BaseModel):
@@ -99,20 +103,37 @@ def champion_metrics(client, name: str) -> dict[str, float] | None:
     }
 
 
-def register_bundle(mlflow, bundle: Path, name: str, metrics, gate: QualityGate) -> dict:
-    """Log the bundle, register its ONNX graph as a new version of ``name``, and move the
-    champion alias to it only when the gate passes against floors and the current champion."""
+def register_version(mlflow, bundle: Path, name: str, metrics) -> str:
+    """Log the bundle into the active run and register its ONNX graph as a new version of
+    ``name``, tagged with the metrics it is judged on and where the bundle is (its version
+    string and folder), so ``caretriage promote`` can find and score it later."""
     import onnx
     from mlflow import MlflowClient
 
+    from features.bundle import read_bundle
+
     mlflow.log_artifacts(str(bundle), artifact_path="bundle")
     client = MlflowClient()
-    before = champion_metrics(client, name)
     info = mlflow.onnx.log_model(
         onnx.load(str(bundle / "model.onnx")), name="model", registered_model_name=name
     )
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, METRICS_TAG, json.dumps(flatten(metrics)))
+    tags = {BUNDLE_VERSION_TAG: read_bundle(bundle).meta.version}
+    tags[BUNDLE_PATH_TAG] = str(Path(bundle).resolve())
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def register_bundle(mlflow, bundle: Path, name: str, metrics, gate: QualityGate) -> dict:
+    """Log the bundle, register its ONNX graph as a new version of ``name``, and move the
+    champion alias to it only when the gate passes against floors and the current champion."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    before = champion_metrics(client, name)
+    version = register_version(mlflow, bundle, name, metrics)
     failures = gate.check(metrics, before)
     result = {"name": name, "version": version, "gate_failures": failures, "champion": False}
     if not failures:

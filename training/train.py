@@ -90,13 +90,69 @@ def make_predictor(model: MultiTaskModel, tokenizer, max_length: int, batch_size
 
 
 def load_tokenizer(cfg: TrainConfig):
+    if cfg.init_from is not None:
+        return AutoTokenizer.from_pretrained(resolve_checkpoint(cfg.init_from) / "tokenizer")
     return AutoTokenizer.from_pretrained(cfg.base_model)
 
 
 def build_model(cfg: TrainConfig, schema: LabelSchema, tokenizer) -> MultiTaskModel:
+    if cfg.init_from is not None:
+        return grow_from(resolve_checkpoint(cfg.init_from), schema, cfg.dropout)
     if cfg.tiny:
         return MultiTaskModel.tiny(schema, vocab_size=len(tokenizer), seed=cfg.seed)
+    # From the pretrained encoder every head is new, so a task that gained labels
+    # (``--add-labels``) simply gets a head with the longer label list.
     return MultiTaskModel.from_pretrained(cfg.base_model, schema, dropout=cfg.dropout)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """The training checkpoint folder ``path`` names: the folder itself (``model.pt``), or,
+    for a bundle, the checkpoint it was exported from when it is on this machine. A bundle's
+    int8 ONNX weights cannot be trained on, so a bundle without its checkpoint is refused."""
+    p = Path(path)
+    if (p / "model.pt").is_file():
+        return p
+    meta = p / "bundle.json"
+    if not meta.is_file():
+        raise ValueError(f"{p} is neither a training checkpoint (model.pt) nor a bundle")
+    training = json.loads(meta.read_text(encoding="utf-8")).get("training") or {}
+    looked = [Path(training["checkpoint"])] if training.get("checkpoint") else []
+    out_dir = (training.get("config") or {}).get("output_dir")
+    if training.get("mlflow_run_id") and out_dir:
+        looked.append(Path(out_dir) / training["mlflow_run_id"])
+    looked.append(p.parent)  # caretriage train writes the bundle inside its checkpoint
+    for c in looked:
+        if (c / "model.pt").is_file():
+            return c
+    raise ValueError(
+        f"{p} is a bundle whose training checkpoint is not here (looked in "
+        f"{[str(c) for c in looked]}); pass the checkpoint folder (artifacts/train/<run>/)"
+    )
+
+
+def grow_from(checkpoint: Path, schema: LabelSchema, dropout: float) -> MultiTaskModel:
+    """The checkpoint's model with heads for ``schema``: the encoder as trained, each head's
+    rows copied for the labels the checkpoint knew (matched by name, so order may change),
+    fresh rows for new labels and fresh heads for new tasks."""
+    old = load_checkpoint(checkpoint)
+    model = MultiTaskModel(old.model.encoder, schema, dropout)
+    with torch.no_grad():
+        for task in schema.tasks:
+            if task.name not in old.schema.names:
+                continue
+            was = old.schema.task(task.name).labels
+            src, dst = old.model.heads[task.name], model.heads[task.name]
+            for i, label in enumerate(task.labels):
+                if label in was:
+                    dst.weight[i] = src.weight[was.index(label)]
+                    dst.bias[i] = src.bias[was.index(label)]
+    grown = {
+        t.name: len(t.labels) - len(old.schema.task(t.name).labels)
+        for t in schema.tasks
+        if t.name in old.schema.names
+    }
+    log.info("initialized from %s; outputs added per head: %s", checkpoint, grown)
+    return model
 
 
 def class_weights(y: torch.Tensor, n_labels: int, mode: str) -> torch.Tensor | None:
@@ -156,11 +212,14 @@ def selection_score(row: dict[str, float], tasks: Sequence[str]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def train(cfg: TrainConfig, corpus: DatasetDict, on_epoch=None) -> Trained:
-    """Fine-tune all heads jointly; ``on_epoch(epoch, metrics)`` is called after each epoch."""
+def train(
+    cfg: TrainConfig, corpus: DatasetDict, on_epoch=None, schema: LabelSchema | None = None
+) -> Trained:
+    """Fine-tune all heads jointly; ``on_epoch(epoch, metrics)`` is called after each epoch.
+    ``schema`` overrides the config's file (human labels may have added labels to it)."""
     seed_everything(cfg.seed)
     torch.set_num_threads(max(1, cfg.threads))
-    schema = LabelSchema.load(cfg.label_schema)
+    schema = schema or LabelSchema.load(cfg.label_schema)
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, schema, tokenizer)
     if cfg.freeze_word_embeddings:

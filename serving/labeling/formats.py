@@ -1,33 +1,10 @@
 """Label export files, Label Studio interchange and item uploads: pure functions, no database.
 
-Export layout (the contract training reads; identical in JSONL and Parquet, one row per label
-given, so ``datasets.load_dataset("json"|"parquet", ...)`` yields the same table from either):
-
-=============================  ==============  ===============================================
-column                         type            what
-=============================  ==============  ===============================================
-item_id                        int64
-text, text_key                 string
-channel                        string | null
-author_json                    string | null   the author dict as JSON
-source                         string
-labels_json                    string          {task: label} as JSON (the source of truth)
-label_<task>                   string | null   one per task, flattened from ``labels``
-evaluator, role                string
-labeled_at                     string          ISO-8601 UTC, ``Z`` suffix
-model_version                  string | null
-suggestion_json                string | null   {task: {"label", "confidence"}} as JSON
-suggested_<task>               string | null   one per task: the suggested label
-confidence_<task>              float64 | null  one per task: its confidence
-changed                        list<string>    tasks where the label differs from the suggestion
-status, kind                   string
-final                          bool            True on the row holding the item's final labels
-=============================  ==============  ===============================================
-
-Task columns are sorted by task name and exist for every task of ``tasks`` and every task found
-in the rows, so a task nobody labeled yet still has its (null) column. Nested values are JSON
-strings *and* flat columns: the flat ones are what training selects; the JSON ones round-trip
-whatever a dict holds. ``read_export`` turns either file back into export rows.
+The export's column layout and its reader are the contract training reads, so they live in
+``features.labels_export`` (training and serving never import each other) and are imported
+here: ``export_task_names``, ``export_columns``, ``unflatten_row`` and ``read_export`` stay
+importable from this module. This one writes the files (``flatten_row``, ``write_jsonl``,
+``write_parquet``); see ``features.labels_export`` for the columns.
 """
 
 from __future__ import annotations
@@ -38,7 +15,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-Row = Mapping[str, Any]
+from features.labels_export import (
+    Row,
+    export_columns,
+    export_task_names,
+    read_export,
+    unflatten_row,
+)
+from features.labels_export import pyarrow_module as _pyarrow
+
+__all__ = [
+    "Row",
+    "export_columns",
+    "export_task_names",
+    "flatten_row",
+    "iso_utc",
+    "jsonl_line",
+    "read_export",
+    "unflatten_row",
+    "write_jsonl",
+    "write_parquet",
+]
 
 
 def iso_utc(value: datetime | str) -> str:
@@ -55,28 +52,8 @@ def _dumps(value: Any) -> str | None:
 # --------------------------------------------------------------------------- export files
 
 
-def export_task_names(rows: Iterable[Row], tasks: Sequence[str] = ()) -> list[str]:
-    """The sorted task names that get columns: ``tasks`` plus any task in the rows."""
-    found = set(tasks)
-    for row in rows:
-        found.update(row.get("labels") or {})
-        found.update(row.get("suggestion") or {})
-    return sorted(found)
-
-
-def export_columns(tasks: Sequence[str]) -> list[str]:
-    """The file's columns in order, for the given (sorted) task names."""
-    return [
-        *("item_id", "text", "text_key", "channel", "author_json", "source", "labels_json"),
-        *(f"label_{t}" for t in tasks),
-        *("evaluator", "role", "labeled_at", "model_version", "suggestion_json"),
-        *(c for t in tasks for c in (f"suggested_{t}", f"confidence_{t}")),
-        *("changed", "status", "final", "kind"),
-    ]
-
-
 def flatten_row(row: Row, tasks: Sequence[str]) -> dict[str, Any]:
-    """One export row as a flat file record (see the module docstring for the columns)."""
+    """One export row as a flat file record (``features.labels_export`` lists the columns)."""
     labels = dict(row.get("labels") or {})
     suggestion = row.get("suggestion")
     flat: dict[str, Any] = {
@@ -109,28 +86,6 @@ def flatten_row(row: Row, tasks: Sequence[str]) -> dict[str, Any]:
     return flat
 
 
-def unflatten_row(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """A flat file record back to the export-row shape (from the JSON columns)."""
-    return {
-        "item_id": int(flat["item_id"]),
-        "text": flat["text"],
-        "text_key": flat["text_key"],
-        "channel": flat.get("channel"),
-        "author": json.loads(flat["author_json"]) if flat.get("author_json") else None,
-        "source": flat["source"],
-        "labels": json.loads(flat["labels_json"]),
-        "evaluator": flat["evaluator"],
-        "role": flat["role"],
-        "labeled_at": flat["labeled_at"],
-        "model_version": flat.get("model_version"),
-        "suggestion": json.loads(flat["suggestion_json"]) if flat.get("suggestion_json") else None,
-        "changed": list(flat.get("changed") or []),
-        "status": flat["status"],
-        "final": bool(flat["final"]),
-        "kind": flat["kind"],
-    }
-
-
 def write_jsonl(rows: Iterable[Row], path: str | Path, tasks: Sequence[str] = ()) -> int:
     """Write export rows as JSON lines (UTF-8, non-ASCII unescaped); returns the row count."""
     rows = list(rows)
@@ -148,15 +103,6 @@ def jsonl_line(flat: Mapping[str, Any]) -> str:
     return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n"
 
 
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError as e:  # the serving install does not need pyarrow
-        raise RuntimeError("Parquet export needs pyarrow: pip install caretriage[parquet]") from e
-    return pyarrow
-
-
 def write_parquet(rows: Iterable[Row], path: str | Path, tasks: Sequence[str] = ()) -> int:
     """Write export rows as Parquet with an explicit schema (so all-null columns keep their
     type); returns the number of rows. RuntimeError when pyarrow is not installed."""
@@ -170,14 +116,3 @@ def write_parquet(rows: Iterable[Row], path: str | Path, tasks: Sequence[str] = 
     table = pa.Table.from_pylist(flat, schema=schema)
     pa.parquet.write_table(table, path)
     return len(rows)
-
-
-def read_export(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of an export file (.jsonl/.json/.ndjson or .parquet), in the export-row shape."""
-    path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        flat = _pyarrow().parquet.read_table(path).to_pylist()
-    else:
-        with open(path, encoding="utf-8") as f:
-            flat = [json.loads(line) for line in f if line.strip()]
-    return [unflatten_row(r) for r in flat]
