@@ -75,7 +75,7 @@ async def session_of(request: Request, ws: Workspace) -> tuple[User, Session] | 
     session = ws.signer.read_session(request.cookies.get(SESSION_COOKIE))
     if session is None:
         return None
-    user = await run_in_threadpool(ws.labels.get_user, session.user_id)
+    user = await run_in_threadpool(ws.user, session.user_id)
     if user is None or user.disabled or fingerprint(user.password_hash) != session.fingerprint:
         return None
     return user, session

@@ -348,3 +348,18 @@ def test_a_lead_uploads_a_file_from_the_stats_page(app):
     assert [e["line"] for e in body["errors"]] == [2]
     eva, csrf = signed_in(app, "eva")
     assert eva.post("/v1/labeling/items", headers=csrf, files=files).status_code == 403
+
+
+def test_a_disabled_account_is_signed_out_at_once(app):
+    app.state.workspace.labels.add_user("root", "admin", hash_password(PASSWORD))
+    eva, _ = signed_in(app, "eva")
+    root, csrf = signed_in(app, "root")
+    assert eva.get("/v1/labeling/next").status_code == 200  # now cached for a second
+    r = root.patch("/v1/users/eva", headers=csrf, json={"disabled": True})
+    assert r.status_code == 200 and r.json()["disabled"] is True
+    assert eva.get("/v1/labeling/next").status_code == 401
+    r = root.patch(
+        "/v1/users/eva", headers=csrf, json={"disabled": False, "password": "another-password-1"}
+    )
+    assert r.status_code == 200
+    assert eva.get("/v1/labeling/next").status_code == 401  # that session died with the password

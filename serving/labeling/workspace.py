@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 from serving.labeling.accounts import ClientThrottle, Signer
 from serving.labeling.queue import refresh_priorities
-from serving.labeling.store import LabelingStore, QueueConfig
+from serving.labeling.store import LabelingStore, QueueConfig, User
 from serving.settings import Settings
 from serving.store import Store
 
 log = logging.getLogger("caretriage.labeling")
+USER_TTL = 1.0
 
 
 @dataclass
@@ -23,6 +24,10 @@ class Workspace:
     signer: Signer
     settings: Settings
     throttle: ClientThrottle = field(default_factory=ClientThrottle)
+    # Signed-in users by id, with when they were read: every labeling request checks its
+    # session's user, and a second-old answer spares the store that read (an account disabled
+    # or re-passworded elsewhere is refused within USER_TTL seconds; here, at once).
+    users: dict[int, tuple[float, User | None]] = field(default_factory=dict)
     # Labels given since the queue's head was last re-ranked, and when that was.
     changes: int = 0
     refreshed_at: float = field(default_factory=time.monotonic)
@@ -43,6 +48,22 @@ class Workspace:
             agreement_share=settings.agreement_share,
         )
         return cls(LabelingStore(store, config), Signer(secret, settings.session_max_age), settings)
+
+    def user(self, user_id: int) -> User | None:
+        """The account behind a session, read at most every ``USER_TTL`` seconds."""
+        now = time.monotonic()
+        hit = self.users.get(user_id)
+        if hit is not None and now - hit[0] < USER_TTL:
+            return hit[1]
+        user = self.labels.get_user(user_id)
+        if len(self.users) > 10_000:
+            self.users.clear()
+        self.users[user_id] = (now, user)
+        return user
+
+    def forget(self, user_id: int) -> None:
+        """Drop a cached account after changing it."""
+        self.users.pop(user_id, None)
 
     def refresh_due(self) -> bool:
         """Re-rank the queue's head when labels arrived and the period has passed."""

@@ -121,6 +121,7 @@ async def login(
         user = await run_in_threadpool(
             lambda: ws.labels.update_user(user.id, password_hash=new_hash)
         )
+    ws.forget(user.id)  # the session below must be checked against this very account
     token, _ = ws.signer.session_cookie(user.id, user.password_hash)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(

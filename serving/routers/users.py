@@ -59,4 +59,6 @@ async def update_user(name: str, body: UserPatch, admin: Admin, ws: WorkspaceDep
         values["failed_logins"] = 0
     if not values:
         return _out(user)
-    return _out(await run_in_threadpool(lambda: ws.labels.update_user(user.id, **values)))
+    updated = await run_in_threadpool(lambda: ws.labels.update_user(user.id, **values))
+    ws.forget(user.id)
+    return _out(updated)
