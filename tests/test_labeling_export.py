@@ -156,3 +156,11 @@ def test_unlabeled_items_leave_as_tasks_with_predictions(tmp_path):
     (pred,) = task["predictions"]
     assert pred["model_version"] == "m2"
     assert pred["result"][0]["value"]["choices"] == ["lost_luggage"]
+
+
+def test_our_own_export_imported_back_adds_nothing(labeled):
+    tasks = json.loads(json.dumps(export_tasks(labeled)))
+    before = export_rows(labeled)
+    report = import_label_studio(labeled, tasks, TASKS, normalize_text)
+    assert (report.items_added, report.labels_added, report.labels_known) == (0, 0, 9)
+    assert len(export_rows(labeled)) == len(before)

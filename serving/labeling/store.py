@@ -601,6 +601,18 @@ class LabelingStore(UserStore, StoreReading):
             ).first()
             if known is not None:
                 return False
+            # The same person's live answer, given in the workspace (our own export coming
+            # back): the same label, not a second opinion that would count as agreement.
+            live = conn.execute(
+                select(L.c.labels).where(
+                    L.c.item_id == item_id,
+                    L.c.user_id == user.id,
+                    L.c.kind == kind,
+                    L.c.retracted_at.is_(None),
+                )
+            ).scalars()
+            if any((old or {}) == dict(labels) for old in live):
+                return False
             conn.execute(
                 insert(L).values(
                     item_id=item_id,
