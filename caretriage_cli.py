@@ -133,7 +133,10 @@ def cmd_promote(args) -> int:
     if args.human_tolerance is not None:
         cfg.promotion.human_tolerance = args.human_tolerance
     human = None
+    # The slice the candidate was trained without, even when --config names another file.
     trained_with = cfg.data.human
+    if trained_with is None and recorded:
+        trained_with = TrainConfig.model_validate(recorded).data.human
     labels = args.with_labels or (trained_with.path if trained_with else None)
     if labels is not None:
         if not Path(labels).is_file():
