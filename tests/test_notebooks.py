@@ -13,7 +13,11 @@ from training.config import default_data_dir
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
 # notebook -> needs the shipped model bundle
-NEEDS_BUNDLE = {"01_data_exploration.ipynb": False, "02_error_analysis.ipynb": True}
+NEEDS_BUNDLE = {
+    "01_data_exploration.ipynb": False,
+    "02_error_analysis.ipynb": True,
+    "03_active_learning.ipynb": False,
+}
 
 
 def _model_dir() -> Path:
