@@ -314,7 +314,8 @@ def test_a_late_label_is_kept_as_an_extra_opinion(backend):
 # -- active learning --------------------------------------------------------------------------
 
 
-def test_refresh_puts_diverse_uncertain_items_first(backend):
+@pytest.mark.parametrize("diversify", ["kcenter", "kmeans"])
+def test_refresh_puts_diverse_uncertain_items_first(backend, diversify):
     ws = workspace(backend)
     rng = np.random.default_rng(0)
     base = rng.normal(size=16)
@@ -326,7 +327,7 @@ def test_refresh_puts_diverse_uncertain_items_first(backend):
     other = items("different", uncertainty=0.8)[0]
     other.embedding = rng.normal(size=16)
     ws.add_items([*batch, other])
-    assert refresh_priorities(ws, head=2, diversity_weight=0.5) == 2
+    assert refresh_priorities(ws, head=2, diversity_weight=0.5, diversify=diversify) == 2
     (u,) = users(ws, "eva")
     got = [i["text"] for i in ws.next_items(u, n=2)]
     assert got[0].startswith("dup") and got[1] == "different"

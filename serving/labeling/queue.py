@@ -12,18 +12,26 @@ from serving.labeling.tables import items_table as I
 
 
 def refresh_priorities(
-    ls: LabelingStore, head: int = 500, *, diversity_weight: float = 0.5, labeled_cap: int = 2000
+    ls: LabelingStore,
+    head: int = 500,
+    *,
+    diversity_weight: float = 0.5,
+    labeled_cap: int = 2000,
+    diversify: active.Diversify = "kcenter",
 ) -> int:
     """Re-order the queue's head by uncertainty and diversity (``features.active``): the
     ``head * 4`` most uncertain open items are ranked by greedy k-center against the
     most recently labeled ones; the first ``head`` get priorities above every plain
-    uncertainty (which stays the order of the rest). Returns how many were ranked."""
+    uncertainty (which stays the order of the rest). Returns how many were ranked. With
+    ``diversify`` "kmeans" the pool is ``head * 10`` items cut into k-means clusters, one
+    representative each (fewer labels to a target early on: benchmarks/active_learning.py)."""
+    pool_factor = 10.0 if diversify == "kmeans" else 4.0
     with ls.store.engine.connect() as conn:
         cand = conn.execute(
             select(I.c.id, I.c.uncertainty, I.c.embedding)
             .where(I.c.state == "open", I.c.audit == false(), I.c.embedding.is_not(None))
             .order_by(I.c.uncertainty.desc(), I.c.id)
-            .limit(head * 4)
+            .limit(int(head * pool_factor))
         ).all()
         done = (
             conn.execute(
@@ -44,8 +52,9 @@ def refresh_priorities(
         vecs.astype(np.float32),
         min(head, len(cand)),
         labeled.astype(np.float32) if labeled is not None else None,
-        pool_factor=4.0,
+        pool_factor=pool_factor,
         diversity_weight=diversity_weight,
+        diversify=diversify,
     )
     ranked = {cand[j].id: 2.0 - rank / max(1, len(order)) for rank, j in enumerate(order)}
     with ls.store._write() as conn:

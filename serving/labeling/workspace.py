@@ -76,5 +76,7 @@ class Workspace:
         self.changes = 0
         self.refreshed_at = time.monotonic()
         return refresh_priorities(
-            self.labels, diversity_weight=self.settings.label_diversity_weight
+            self.labels,
+            diversity_weight=self.settings.label_diversity_weight,
+            diversify=self.settings.label_diversify,
         )
