@@ -20,7 +20,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.bundle import read_bundle
 from serving.deps import check_auth_first
 from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.labeling.workspace import Workspace
@@ -85,15 +84,12 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         policy = load_policy(settings.policy_file)
-        extra = sorted(
-            set(settings.abstain_below) - set(read_bundle(settings.model_dir).schema_.names)
-        )
+        slot = ModelSlot(state, settings, policy)
+        served = await load_served(settings.model_dir, settings, policy, require_self_check=False)
+        slot.install(served)
+        extra = sorted(set(settings.abstain_below) - set(served.bundle.schema_.names))
         if extra:
             log.warning("abstain_below names tasks the model lacks: %s", extra)
-        slot = ModelSlot(state, settings, policy)
-        slot.install(
-            await load_served(settings.model_dir, settings, policy, require_self_check=False)
-        )
         store = Store(settings.database_url)
         await run_in_threadpool(store.upgrade)
         workspace = Workspace.build(store, settings)
@@ -106,7 +102,7 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
                     follow(slot, settings.model_pointer, settings.model_poll_seconds)
                 )
             )
-        bundle = slot.current.bundle  # type: ignore[union-attr]
+        bundle = served.bundle
         log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
         try:
             yield

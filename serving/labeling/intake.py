@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features import active
+from features.bundle import Bundle
 from features.schema import LabelSchema
 from serving.labeling.store import NewItem, text_key
+
+if TYPE_CHECKING:
+    from serving.inference import Scorer
 
 
 @dataclass
@@ -88,3 +92,41 @@ def new_items(
         )
         for i, (post, ids, norm) in enumerate(zip(posts, token_ids, normalized, strict=True))
     ]
+
+
+def incoming(post: Any) -> Incoming:
+    """A scored post (``schemas.Post``) or an uploaded one (``schemas.UploadPost``)."""
+    return Incoming(
+        text=post.text,
+        external_id=post.id,
+        channel=post.channel.value if post.channel else None,
+        author=post.author.model_dump() if post.author else None,
+        context={"customer": post.customer.model_dump(mode="json")} if post.customer else None,
+    )
+
+
+def pool_items(
+    posts: Sequence[Incoming],
+    probs: Mapping[str, np.ndarray],
+    scorer: Scorer,
+    bundle: Bundle,
+    *,
+    source: str,
+    method: active.Method = "margin",
+    expires_at: datetime | None = None,
+) -> list[NewItem]:
+    """``new_items`` for posts the scorer of ``bundle`` gave ``probs``: tokenized, normalized
+    and embedded by that same scorer (blocking: call it from a worker thread)."""
+    texts = [p.text for p in posts]
+    return new_items(
+        posts,
+        probs,
+        scorer.encode(texts),
+        [scorer.normalize(t) for t in texts],
+        bundle.schema_,
+        model_version=bundle.meta.version,
+        source=source,
+        method=method,
+        expires_at=expires_at,
+        vectors=scorer.embed(texts),
+    )

@@ -25,19 +25,17 @@ from serving.deps import (
     Lead,
     WorkspaceDep,
     _verify,
-    session_of,
+    require_role,
 )
 from serving.errors import (
     ApiError,
     Conflict,
-    Forbidden,
     NotFound,
-    Unauthorized,
     ValidationFailed,
     responses,
 )
 from serving.labeling import agreement, formats, uploads
-from serving.labeling.intake import Incoming, new_items
+from serving.labeling.intake import Incoming, incoming, pool_items
 from serving.labeling.store import LabelingError
 from serving.labeling.workspace import Workspace
 from serving.schemas import (
@@ -208,23 +206,13 @@ def stats(user: Lead, ws: WorkspaceDep, bundle: BundleDep) -> dict[str, Any]:
 
 
 async def uploader(request: Request, ws: WorkspaceDep) -> str:
-    """An API key (integrations) or a signed-in lead (the page) may add items."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
+    """An API key (integrations) or a signed-in lead with the CSRF header (the page) may add
+    items; returns who."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         _verify(request, token.strip())
         return "api-key"
-    found = await session_of(request, ws)
-    if found is None:
-        raise Unauthorized("send an API key or sign in as a lead")
-    user, session = found
-    if not user.can("lead"):
-        raise Forbidden(f"adding items needs the lead role; {user.name} is {user.role}")
-    from serving.labeling.accounts import CSRF_HEADER
-
-    form_token = request.headers.get(CSRF_HEADER) or request.query_params.get("csrf")
-    if not ws.signer.check_csrf(session.nonce, form_token):
-        raise Forbidden(f"missing or invalid CSRF token: send the {CSRF_HEADER} header")
+    user = await require_role("lead")(request, ws)
     return user.name
 
 
@@ -250,17 +238,7 @@ def _json_items(raw: bytes) -> tuple[list[Incoming], list[RowError]]:
         if not post.text.strip():
             errors.append(RowError(line=i + 1, message=f"items.{i}.text: blank"))
             continue
-        good.append(
-            Incoming(
-                text=post.text,
-                external_id=post.id,
-                channel=post.channel.value if post.channel else None,
-                author=post.author.model_dump() if post.author else None,
-                context={"customer": post.customer.model_dump(mode="json")}
-                if post.customer
-                else None,
-            )
-        )
+        good.append(incoming(post))
     return good, errors
 
 
@@ -283,35 +261,22 @@ async def _file_items(request: Request) -> tuple[list[Incoming], list[RowError]]
 
 
 async def score_into_pool(
-    posts: Sequence[Incoming],
-    batcher: Batcher,
-    bundle: Bundle,
-    ws: Workspace,
-    *,
-    source: str,
-    expires_at=None,
-):
-    """Score ``posts`` with the served model and add them to the pool."""
-    scorer = batcher.scorer
+    posts: Sequence[Incoming], batcher: Batcher, bundle: Bundle, ws: Workspace
+) -> tuple[int, int]:
+    """Score ``posts`` with the served model and add them to the pool: (added, duplicates)."""
     added, duplicates = 0, 0
     for start in range(0, len(posts), MAX_POSTS):
         chunk = posts[start : start + MAX_POSTS]
-        texts = [p.text for p in chunk]
-        probs = await batcher.submit(texts)
-        normalized = [scorer.normalize(t) for t in texts]
-        ids = scorer.encode(texts)
-        vectors = await run_in_threadpool(scorer.embed, texts)
-        batch = new_items(
-            chunk,
-            probs,
-            ids,
-            normalized,
-            bundle.schema_,
-            model_version=bundle.meta.version,
-            source=source,
-            method=ws.settings.label_uncertainty,
-            expires_at=expires_at,
-            vectors=vectors,
+        probs = await batcher.submit([p.text for p in chunk])
+        batch = await run_in_threadpool(
+            lambda chunk=chunk, probs=probs: pool_items(
+                chunk,
+                probs,
+                batcher.scorer,
+                bundle,
+                source="upload",
+                method=ws.settings.label_uncertainty,
+            )
         )
         res = await run_in_threadpool(ws.labels.add_items, batch)
         added += len(res.added)
@@ -358,7 +323,7 @@ async def add_items(
         good, errors = _json_items(await request.body())
     else:
         good, errors = await _file_items(request)
-    added, duplicates = await score_into_pool(good, batcher, bundle, ws, source="upload")
+    added, duplicates = await score_into_pool(good, batcher, bundle, ws)
     return UploadResult(added=added, duplicates=duplicates, errors=errors[:1000])
 
 

@@ -13,11 +13,13 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
+from features.bundle import Bundle
 from features.schema import TASK_NAMES, LabelSchema
 from serving import priority, routing
 from serving.deps import Authorized, BatcherDep, BundleDep, PolicyDep, SettingsDep, StoreDep
 from serving.errors import responses
-from serving.labeling.intake import Incoming, new_items
+from serving.inference import Scorer
+from serving.labeling.intake import incoming, pool_items
 from serving.schemas import (
     Actionable,
     Agent,
@@ -116,42 +118,34 @@ def compiled_roster(
     return cached
 
 
-def sample_for_labeling(state: State, body: ScoreRequest, probs: dict[str, np.ndarray]) -> None:
-    """Copy a share of the scored posts, with the model's predictions, into the labeling
-    pool, in the background: the scoring response never waits for it, and a failure there
-    is logged, not the client's problem."""
+def sample_for_labeling(
+    state: State,
+    body: ScoreRequest,
+    probs: dict[str, np.ndarray],
+    bundle: Bundle,
+    scorer: Scorer,
+) -> None:
+    """Copy a share of the scored posts, with the predictions of the model that scored them,
+    into the labeling pool, in the background: the scoring response never waits for it, and
+    a failure there is logged, not the client's problem."""
     settings: Settings = state.settings
     picked = [i for i in range(len(body.posts)) if random.random() < settings.label_traffic_share]
     if not picked:
         return
-    scorer, bundle, ws = state.scorer, state.bundle, state.workspace
-    posts = [body.posts[i] for i in picked]
-    texts = [p.text for p in posts]
-    incoming = [
-        Incoming(
-            text=p.text,
-            external_id=p.id,
-            channel=p.channel.value,
-            author=p.author.model_dump() if p.author else None,
-            context={"customer": p.customer.model_dump(mode="json")} if p.customer else None,
-        )
-        for p in posts
-    ]
+    ws = state.workspace
+    posts = [incoming(body.posts[i]) for i in picked]
     sub = {t: v[picked] for t, v in probs.items()}
     expires = datetime.now(UTC) + timedelta(days=settings.label_traffic_retention_days)
 
     def work() -> None:
-        items = new_items(
-            incoming,
+        items = pool_items(
+            posts,
             sub,
-            scorer.encode(texts),
-            [scorer.normalize(t) for t in texts],
-            bundle.schema_,
-            model_version=bundle.meta.version,
+            scorer,
+            bundle,
             source="traffic",
             method=settings.label_uncertainty,
             expires_at=expires,
-            vectors=scorer.embed(texts),
         )
         if ws.labels.add_items(items).added:
             ws.changes += 1
@@ -202,7 +196,7 @@ async def score(
     else:
         results = await run_in_threadpool(build_results, *args)
     if settings.label_traffic_share > 0:
-        sample_for_labeling(request.app.state, body, probs)
+        sample_for_labeling(request.app.state, body, probs, bundle, batcher.scorer)
     response = ScoreResponse(model_version=bundle.meta.version, results=results)
     # Serialized here, once: handing FastAPI the model would dump it to a dict and validate that
     # again against ``response_model`` (which stays declared for the OpenAPI schema).
