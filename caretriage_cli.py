@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -301,6 +302,7 @@ def cmd_users(args) -> int:
 
 def cmd_labels(args) -> int:
     from features.bundle import read_bundle
+    from features.schema import LabelSchema
     from features.text import normalizer
     from serving.labeling.export import import_label_studio, write_export
     from serving.labeling.store import LabelingStore
@@ -308,7 +310,11 @@ def cmd_labels(args) -> int:
 
     ls = LabelingStore(_store(args))
     bundle = read_bundle(args.model_dir or default_model_dir())
-    tasks = bundle.schema_.names
+    schema = bundle.schema_
+    deployment = args.label_schema or os.environ.get("CARETRIAGE_LABEL_SCHEMA")
+    if deployment:  # the tasks evaluators label, as the workspace offers them
+        schema = schema.union(LabelSchema.load(deployment))
+    tasks = schema.names
     if args.action == "export":
         fmt = args.format
         out = args.out or f"labels.{ {'label-studio': 'ls.json'}.get(fmt, fmt) }"
@@ -503,6 +509,11 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--format", choices=["jsonl", "parquet", "label-studio"], default="jsonl")
     lab.add_argument("--out", help="export: the file to write")
     lab.add_argument("--model-dir", help="the bundle whose label schema applies")
+    lab.add_argument(
+        "--label-schema",
+        help="the deployment's label_schema.yaml, united with the bundle's "
+        "(default: $CARETRIAGE_LABEL_SCHEMA)",
+    )
     db_opt(lab)
     lab.set_defaults(fn=cmd_labels)
 

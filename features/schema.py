@@ -70,6 +70,26 @@ class LabelSchema(BaseModel):
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def union(self, other: LabelSchema) -> LabelSchema:
+        """This schema grown by ``other``'s labels and tasks: every label and task of this
+        one keeps its place (ids stay valid), ``other``'s new labels are appended to their
+        task and its new tasks follow. The labeling workspace offers the served model's schema
+        united with the deployment's, so evaluators can label a topic before a model has it."""
+        theirs = {t.name: t for t in other.tasks}
+        tasks = []
+        for t in self.tasks:
+            o = theirs.get(t.name)
+            if o is None:
+                tasks.append(t)
+                continue
+            labels = [*t.labels, *(lab for lab in o.labels if lab not in t.labels)]
+            positive = [*t.positive_labels]
+            positive += [lab for lab in o.positive_labels if lab not in positive]
+            tasks.append(t.model_copy(update={"labels": labels, "positive_labels": positive}))
+        mine = set(self.names)
+        tasks += [t for t in other.tasks if t.name not in mine]
+        return LabelSchema(version=self.version, tasks=tasks)
+
     @classmethod
     def load(cls, path: str | Path) -> LabelSchema:
         """Read a schema from JSON or YAML."""

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from features.bundle import Bundle
+from features.schema import LabelSchema
 from serving.batcher import Batcher
 from serving.errors import Forbidden, ModelNotReady, Unauthorized
 from serving.labeling.accounts import CSRF_HEADER, SESSION_COOKIE, Session, fingerprint
@@ -64,6 +65,13 @@ async def get_policy(request: Request) -> Policy:
 
 async def get_workspace(request: Request) -> Workspace:
     return _loaded(request, "workspace")  # type: ignore[return-value]
+
+
+async def get_label_schema(
+    ws: Annotated[Workspace, Depends(get_workspace)], bundle: Annotated[Bundle, Depends(get_bundle)]
+) -> LabelSchema:
+    """The schema evaluators label under: the served one united with the deployment's."""
+    return ws.schema(bundle.schema_)
 
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -146,6 +154,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 PolicyDep = Annotated[Policy, Depends(get_policy)]
 Authorized = Depends(require_api_key)
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
+LabelSchemaDep = Annotated[LabelSchema, Depends(get_label_schema)]
 Evaluator = Annotated[User, Depends(require_role("evaluator"))]
 Lead = Annotated[User, Depends(require_role("lead"))]
 Admin = Annotated[User, Depends(require_role("admin"))]

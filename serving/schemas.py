@@ -154,6 +154,12 @@ class ScoreResult(BaseModel):
     actionable: Actionable
     priority: Priority
     route: Route
+    # A deployment's schema may add tasks beyond the three the priority policy reads; their
+    # predictions come here by task name (empty for a schema with only the three).
+    tasks: dict[str, Prediction] = Field(
+        default_factory=dict,
+        description="Predictions of the label schema's further tasks, by task name.",
+    )
 
 
 class ScoreResponse(BaseModel):

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # How the head is diversified: greedy k-center (default), or k-means representatives of a
     # 10x pool, which reached Banking77's target with 36% fewer labels in the benchmark.
     label_diversify: Literal["kcenter", "kmeans"] = "kcenter"
+    # The deployment's label schema (e.g. deployments/<name>/label_schema.yaml): evaluators
+    # are offered the served model's labels and tasks united with this file's, so a topic
+    # the team adds is labeled before any model knows it. Unset: the served schema alone.
+    label_schema: Path | None = None
 
     @field_validator("api_keys", "cors_origins", "admin_keys", mode="before")
     @classmethod

@@ -631,3 +631,30 @@ def test_predictions_per_row(row, threshold, label, confidence, uncertain):
     p = got[1]
     assert (p.confidence, p.uncertain) == (confidence, uncertain)
     assert p.scores == {lab: round(x, 4) for lab, x in zip(labels, row, strict=True)}
+
+
+def test_a_schemas_further_task_is_returned_by_name(tmp_path):
+    """A deployment's schema may add a task beyond the three the policy reads: its
+    prediction comes back under ``tasks`` (the three stay where they were)."""
+    from features.schema import LabelSchema, TaskSpec, default_schema_path
+    from tests._tiny_onnx import build_onnx_bundle
+
+    base = LabelSchema.load(default_schema_path())
+    extra = TaskSpec(name="language", labels=["en", "es", "fr"])
+    schema = base.model_copy(update={"tasks": [*base.tasks, extra]})
+    bundle = build_onnx_bundle(tmp_path / "b", schema=schema)
+    with TestClient(create_app(make_settings(bundle, tmp_path))) as c:
+        r = c.post("/v1/score", headers=AUTH, json=posts(*TEXTS[:2]))
+    assert r.status_code == 200, r.text
+    for res in r.json()["results"]:
+        assert set(res["tasks"]) == {"language"}
+        pred = res["tasks"]["language"]
+        assert set(pred["scores"]) == {"en", "es", "fr"}
+        assert pred["label"] == max(pred["scores"], key=pred["scores"].get)
+        assert abs(sum(pred["scores"].values()) - 1.0) < 1e-3
+        assert set(res["topic"]["scores"]) == set(base.task("topic").labels)
+
+
+def test_the_three_tasks_alone_return_no_further_tasks(client):
+    r = client.post("/v1/score", headers=AUTH, json=posts(TEXTS[0]))
+    assert r.json()["results"][0]["tasks"] == {}

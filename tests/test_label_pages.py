@@ -5,7 +5,9 @@ and label -> undo -> label again -> stats -> review/resolve -> export."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,98 @@ def test_a_disabled_account_is_signed_out_at_once(app):
     )
     assert r.status_code == 200
     assert eva.get("/v1/labeling/next").status_code == 401  # that session died with the password
+
+
+# -- the deployment's schema: labeling a topic before a model has it ----------------------------
+
+
+def test_evaluators_label_a_topic_the_served_model_lacks(onnx_bundle, tmp_path):
+    """With CARETRIAGE_LABEL_SCHEMA naming the deployment's schema, the page and the API offer
+    its new label and task (after the served ones, which keep their places); answers naming
+    them are kept and exported. Without it, the same answer is refused by field."""
+    import yaml
+
+    from features.schema import LabelSchema
+
+    served = LabelSchema.load(onnx_bundle / "label_schema.json")
+    grown = served.model_dump()
+    next(t for t in grown["tasks"] if t["name"] == "topic")["labels"].append("baggage_fees")
+    grown["tasks"].append({"name": "urgency", "labels": ["low", "high"]})
+    path = tmp_path / "label_schema.yaml"
+    path.write_text(yaml.safe_dump(grown))
+
+    def label_with_new_topic(app) -> tuple[int, dict]:
+        upload(app, ["@united $35 to check a bag, really?"])
+        eva, csrf = signed_in(app, "eva")
+        item = eva.get("/v1/labeling/next").json()["items"][0]
+        labels = {**suggested(item), "topic": "baggage_fees"}
+        if "urgency" in eva.get("/v1/labeling/me").json()["tasks"]:
+            labels["urgency"] = "high"
+        r = answer(eva, csrf, item, labels, "key-0001")
+        return r.status_code, r.json()
+
+    plain = make_app(onnx_bundle, tmp_path / "plain")
+    (tmp_path / "plain").mkdir()
+    with TestClient(plain) as main:
+        add_users(plain, main)
+        status, body = label_with_new_topic(plain)
+    assert status == 422 and "labels.topic" in body["fields"], body
+
+    (tmp_path / "grown").mkdir()
+    app = make_app(onnx_bundle, tmp_path / "grown", label_schema=path)
+    with TestClient(app) as main:
+        add_users(app, main)
+        eva, _ = signed_in(app, "eva")
+        tasks = eva.get("/v1/labeling/me").json()["tasks"]
+        assert tasks["topic"] == [*served.task("topic").labels, "baggage_fees"]
+        assert tasks["urgency"] == ["low", "high"]
+        assert list(tasks)[: len(served.names)] == served.names
+        html = eva.get("/label").text
+        pairs = json.loads(
+            re.search(r'<script type="application/json" id="schema">(.*?)</script>', html).group(1)
+        )
+        assert dict(pairs) == tasks
+        status, body = label_with_new_topic(app)
+        assert status == 200, body
+        lee, _ = signed_in(app, "lee")
+        rows = [json.loads(line) for line in lee.get("/v1/labeling/export").text.splitlines()]
+    assert [(r["label_topic"], r["label_urgency"]) for r in rows] == [("baggage_fees", "high")]
+
+
+def test_an_unreadable_deployment_schema_stops_start_up_by_name(onnx_bundle, tmp_path):
+    bad = tmp_path / "schema.yaml"
+    bad.write_text("tasks: [{name: topic, labels: [a]}]\n")
+    app = make_app(onnx_bundle, tmp_path, label_schema=bad)
+    refused = pytest.raises(ValueError, match=r"CARETRIAGE_LABEL_SCHEMA=.*schema\.yaml")
+    with refused, TestClient(app):
+        pass
+
+
+def test_a_label_added_to_the_deployment_schema_is_offered_without_a_restart(
+    onnx_bundle, tmp_path, monkeypatch, caplog
+):
+    import yaml
+
+    from features.schema import LabelSchema
+    from serving.labeling import workspace as ws_module
+
+    monkeypatch.setattr(ws_module, "SCHEMA_TTL", 0.0)
+    served = LabelSchema.load(onnx_bundle / "label_schema.json")
+    path = tmp_path / "label_schema.yaml"
+    path.write_text(yaml.safe_dump(served.model_dump()))
+    app = make_app(onnx_bundle, tmp_path, label_schema=path)
+    with TestClient(app) as main:
+        add_users(app, main)
+        eva, _ = signed_in(app, "eva")
+        assert eva.get("/v1/labeling/me").json()["tasks"]["topic"] == served.task("topic").labels
+        grown = served.model_dump()
+        next(t for t in grown["tasks"] if t["name"] == "topic")["labels"].append("wifi")
+        path.write_text(yaml.safe_dump(grown))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a distinct mtime
+        topics = eva.get("/v1/labeling/me").json()["tasks"]["topic"]
+        assert topics == [*served.task("topic").labels, "wifi"]
+        path.write_text("tasks: [oops")  # a broken edit: logged, the last good one stays
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        with caplog.at_level("ERROR", logger="caretriage.labeling"):
+            assert eva.get("/v1/labeling/me").json()["tasks"]["topic"] == topics
+        assert any("keeping the schema read before" in r.getMessage() for r in caplog.records)

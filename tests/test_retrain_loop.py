@@ -2,27 +2,14 @@
 deployment gains a topic (``baggage_fees``), people label, the labels leave as an export,
 a model is trained on them with the grown head, promoted, and the server swaps to it.
 
-How the new label gets labeled. The workspace (``/label`` and its API) offers, and accepts,
-only the labels of the *served* model's schema: an evaluator's answer and a lead's resolution
-naming ``baggage_fees`` are both refused (422, ``labels.topic``) while the served model lacks
-the label. So the path a team has today, and the one this test takes, is:
-
-1. The lead adds the label to the deployment's ``label_schema.yaml`` (the taxonomy's source
-   of truth: training reads it, and it builds the Label Studio config).
-2. Evaluators label in the workspace what the served schema covers, and skip the posts that
-   need the new topic.
-3. The pool leaves as Label Studio tasks (``caretriage labels export --format label-studio``);
-   the skipped posts are annotated in a Label Studio project configured from the deployment's
-   schema (``label_studio_config``), two annotators each; the annotated tasks come back with
-   ``caretriage labels import``. The import checks task names against the served schema, not
-   label values, so ``baggage_fees`` goes in; training is the check on label values (a label
-   the deployment's schema lacks is refused by name unless ``--add-labels``).
-4. ``caretriage labels export --format jsonl`` then carries both: the workspace's labels
-   given under the old schema and the imported ``baggage_fees`` rows.
-
-Only the annotated tasks are imported, not the whole Label Studio file: importing our own
-export back would record every workspace label a second time (the import's duplicate check
-knows only earlier imports), making one evaluator "agree" with herself.
+How the new label gets labeled. The server runs with ``CARETRIAGE_LABEL_SCHEMA`` naming the
+deployment's ``label_schema.yaml`` (the taxonomy's source of truth: training reads it too).
+The workspace offers the served model's schema united with that file's, re-read when the
+file changes. So: an evaluator's answer naming ``baggage_fees`` is refused (422,
+``labels.topic``) until the lead appends the label to the file; then the running workspace
+offers it (no suggestion: the served model lacks it) and the same answer goes in.
+``caretriage labels export --label-schema`` writes its columns from the same united schema.
+(A Label Studio round trip is the other path; tests/test_labeling_export.py covers it.)
 
 ``--add-labels`` is passed to ``caretriage train`` as a team would for an export that may
 hold labels the schema lacks; here the deployment's schema already has ``baggage_fees``, so
@@ -48,7 +35,6 @@ import shutil
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -155,8 +141,17 @@ def sign_in(server: LiveServer, name: str) -> tuple[httpx.Client, dict[str, str]
     return c, {"X-CSRF-Token": me.json()["csrf_token"]}
 
 
-def ls_choice(task: str, label: str) -> dict:
-    return {"from_name": task, "to_name": "text", "type": "choices", "value": {"choices": [label]}}
+def offered(c: httpx.Client) -> list[str]:
+    """The topic labels the workspace offers the signed-in evaluator."""
+    return c.get("/v1/labeling/me").json()["tasks"]["topic"]
+
+
+def wait_for(ready, timeout: float = SWAP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not ready within {timeout:g}s")
+        time.sleep(0.2)
 
 
 class Scorer(threading.Thread):
@@ -207,7 +202,6 @@ def test_a_new_label_goes_from_labeling_to_the_running_server_without_a_restart(
     tmp_path, capsys, monkeypatch, watchdog
 ):
     from serving.labeling.accounts import hash_password
-    from serving.labeling.labelstudio import label_studio_config
     from serving.labeling.store import LabelingStore
     from serving.store import Store
     from training.promote import write_pointer
@@ -236,6 +230,7 @@ def test_a_new_label_goes_from_labeling_to_the_running_server_without_a_restart(
         "CARETRIAGE_MODEL_POINTER": str(pointer),
         "CARETRIAGE_MODEL_POLL_SECONDS": "0.2",
         "CARETRIAGE_SESSION_SECRET": SESSION_SECRET,
+        "CARETRIAGE_LABEL_SCHEMA": str(dep / "label_schema.yaml"),
     }
     with LiveServer(v1, tmp_path / "srv", env=env) as server:
         pid = server.proc.pid
@@ -258,15 +253,15 @@ def test_a_new_label_goes_from_labeling_to_the_running_server_without_a_restart(
             assert r.status_code == 200, r.text
             assert (r.json()["added"], r.json()["errors"]) == (len(GOLD), [])
 
-        # 4. Evaluators work the queue: labels for what the served schema covers; the new
-        #    label is refused, naming the field, so those posts are skipped. Two evaluators,
-        #    so items drawn for agreement (two labels) are finished too.
+        # 4. Evaluators work the queue. The workspace offers the served schema united with
+        #    the deployment's (CARETRIAGE_LABEL_SCHEMA): until the lead adds the new label
+        #    there, an answer naming it is refused by field; once added, the running
+        #    workspace offers it (the file is re-read when it changes) and the same answer
+        #    goes in. Two evaluators, so items drawn for agreement are finished too.
         refused = 0
-        fee_items: dict[str, int] = {}
         for name in ("eva", "bo"):
             c, csrf = sign_in(server, name)
             with contextlib.closing(c):
-                assert NEW not in c.get("/v1/labeling/me").json()["tasks"]["topic"]
                 for step in range(3 * len(GOLD)):
                     r = c.get("/v1/labeling/next", params={"n": 1})
                     assert r.status_code == 200, r.text
@@ -281,78 +276,34 @@ def test_a_new_label_goes_from_labeling_to_the_running_server_without_a_restart(
                         "idempotency_key": f"{name}-answer-{step}",
                     }
                     r = c.post(url, headers=csrf, json=body)
-                    if gold["topic"] == NEW:
-                        fee_items[item["text"]] = item["id"]
+                    if gold["topic"] == NEW and not refused:
                         assert r.status_code == 422, r.text
                         assert r.json()["fields"] == ["labels.topic"], r.json()
                         assert NEW in r.json()["message"]
                         refused += 1
-                        skip = {"kind": "skip", "idempotency_key": f"{name}-skip-{step}"}
-                        r = c.post(url, headers=csrf, json=skip)
+                        # 5. The lead adds the label to the deployment's schema file.
+                        add_topic(dep, NEW)
+                        wait_for(
+                            lambda c=c: NEW in c.get("/v1/labeling/me").json()["tasks"]["topic"]
+                        )
+                        r = c.post(url, headers=csrf, json=body)
                     assert r.status_code == 200, r.text
                 else:
                     pytest.fail(f"{name}'s queue did not run dry")
-        assert refused == 2 * len(FEE_POSTS)  # each evaluator tried each fee post once
+        assert refused == 1
 
-        # A lead cannot settle such an item with the new label either.
-        c, csrf = sign_in(server, "lee")
-        with contextlib.closing(c):
-            assert c.get("/v1/labeling/review").json() == []  # skips are not disagreements
-            some = next(iter(fee_items.values()))
-            body = {"labels": FEE_POSTS[next(iter(fee_items))], "idempotency_key": "lee-fee-1"}
-            r = c.post(f"/v1/labeling/items/{some}/resolve", headers=csrf, json=body)
-            assert r.status_code == 422 and r.json()["fields"] == ["labels.topic"], r.text
-        assert set(fee_items) == set(FEE_POSTS)
-
-        # 5. The lead adds the label to the deployment; the pool goes to Label Studio, whose
-        #    project is configured from the deployment's schema; the skipped posts are
-        #    annotated there by two annotators and the annotated tasks imported.
-        add_topic(dep, NEW)
-        grown = LabelSchema.load(dep / "label_schema.yaml")
-        assert grown.task("topic").labels == [*old_topics, NEW]
-        ls_config = label_studio_config({t.name: t.labels for t in grown.tasks})
-        assert f'<Choice value="{NEW}"/>' in ls_config
-        pool = tmp_path / "pool.ls.json"
-        rc, out = cli(capsys, "labels", "export", "--format", "label-studio", "--out", str(pool),
-                      "--database-url", db, "--model-dir", str(v1))  # fmt: skip
-        assert rc == 0 and out["rows"] == len(GOLD), out
-        stamp = datetime.now(UTC).isoformat()
-        annotated = []
-        for task in json.loads(pool.read_text()):
-            gold = FEE_POSTS.get(task["data"]["text"])
-            if gold is None:
-                continue
-            assert task["annotations"] == []  # skipped in the workspace, labeled here
-            task["annotations"] = [
-                {
-                    "result": [ls_choice(t, lab) for t, lab in gold.items()],
-                    "completed_by": {"email": who},
-                    "created_at": stamp,
-                    "was_cancelled": False,
-                }
-                for who in ("ana@annotators.example", "ben@annotators.example")
-            ]
-            annotated.append(task)
-        assert len(annotated) == len(FEE_POSTS)
-        ls_file = tmp_path / "label-studio-export.json"
-        ls_file.write_text(json.dumps(annotated))
-        rc, out = cli(capsys, "labels", "import", str(ls_file), "--database-url", db,
-                      "--model-dir", str(v1))  # fmt: skip
-        assert rc == 0 and out["errors"] == [], out
-        assert (out["items_added"], out["labels_added"]) == (0, 2 * len(FEE_POSTS)), out
-
-        # 6. The export: workspace labels under the old schema plus the imported new label,
-        #    one final row per post.
+        # 6. The export carries every post's final labels, the new topic included; its columns
+        #    come from the same united schema (--label-schema).
         export = tmp_path / "labels.jsonl"
         rc, out = cli(capsys, "labels", "export", "--format", "jsonl", "--out", str(export),
-                      "--database-url", db, "--model-dir", str(v1))  # fmt: skip
+                      "--database-url", db, "--model-dir", str(v1),
+                      "--label-schema", str(dep / "label_schema.yaml"))  # fmt: skip
         assert rc == 0, out
         final = {r["text"]: r for r in read_export(export) if r["final"]}
         assert {t: r["labels"] for t, r in final.items()} == GOLD
-        assert {r["evaluator"] for t, r in final.items() if t in FEE_POSTS} <= {
-            "ana@annotators.example", "ben@annotators.example"
-        }  # fmt: skip
-        assert {r["evaluator"] for t, r in final.items() if t in OLD_TOPIC_POSTS} <= {"eva", "bo"}
+        assert {r["evaluator"] for r in final.values()} <= {"eva", "bo"}
+        grown = LabelSchema.load(dep / "label_schema.yaml")
+        assert grown.task("topic").labels == [*old_topics, NEW]
 
         # 7. Train on it: the topic head grows by the new label, old ids kept. Not registered
         #    here: `promote` makes the comparison and registers the candidate.

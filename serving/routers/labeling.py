@@ -22,6 +22,7 @@ from serving.deps import (
     BatcherDep,
     BundleDep,
     Evaluator,
+    LabelSchemaDep,
     Lead,
     WorkspaceDep,
     _verify,
@@ -84,14 +85,16 @@ def item_out(item: dict[str, Any]) -> LabelItem:
 
 
 @router.get("/me", response_model=Me, responses=responses(401))
-async def me(request: Request, user: Evaluator, ws: WorkspaceDep, bundle: BundleDep) -> Me:
+async def me(
+    request: Request, user: Evaluator, ws: WorkspaceDep, bundle: BundleDep, schema: LabelSchemaDep
+) -> Me:
     """Who is signed in, the CSRF token to send with answers, and the served label schema."""
     session = request.state.session
     return Me(
         name=user.name,
         role=user.role,
         csrf_token=ws.signer.csrf_token(session.nonce),
-        tasks={t.name: list(t.labels) for t in bundle.schema_.tasks},
+        tasks={t.name: list(t.labels) for t in schema.tasks},
         model_version=bundle.meta.version,
     )
 
@@ -113,14 +116,14 @@ def next_items(
     responses=responses(401, 403, 404, 409, 422),
 )
 def answer(
-    item_id: int, body: Answer, user: Evaluator, ws: WorkspaceDep, bundle: BundleDep
+    item_id: int, body: Answer, user: Evaluator, ws: WorkspaceDep, schema: LabelSchemaDep
 ) -> AnswerResult:
     """Label, skip or flag an item. Committed before the response; safe to retry with the
     same ``idempotency_key``."""
     if body.kind == "label":
-        check_labels(body.labels or {}, bundle.schema_, complete=True)
+        check_labels(body.labels or {}, schema, complete=True)
     elif body.labels:
-        check_labels(body.labels, bundle.schema_, complete=False)
+        check_labels(body.labels, schema, complete=False)
     try:
         res = ws.labels.submit(
             user.id,
@@ -181,10 +184,10 @@ def review(
     responses=responses(401, 403, 404, 422),
 )
 def resolve(
-    item_id: int, body: Resolution, user: Lead, ws: WorkspaceDep, bundle: BundleDep
+    item_id: int, body: Resolution, user: Lead, ws: WorkspaceDep, schema: LabelSchemaDep
 ) -> AnswerResult:
     """A lead's final labels for an item; they win over the evaluators' in the export."""
-    check_labels(body.labels, bundle.schema_, complete=True)
+    check_labels(body.labels, schema, complete=True)
     try:
         res = ws.labels.resolve(user.id, item_id, body.labels, body.idempotency_key, body.note)
     except LabelingError as e:
@@ -193,11 +196,11 @@ def resolve(
 
 
 @router.get("/stats", responses=responses(401, 403))
-def stats(user: Lead, ws: WorkspaceDep, bundle: BundleDep) -> dict[str, Any]:
+def stats(user: Lead, ws: WorkspaceDep, schema: LabelSchemaDep) -> dict[str, Any]:
     """Agreement (Cohen's kappa per evaluator pair, Krippendorff's alpha), counts per
     evaluator and label, labels per hour, and how often the model's suggestion was changed."""
     records = ws.labels.records(kinds=("label",))
-    out = agreement.summary(records, bundle.schema_.names)
+    out = agreement.summary(records, schema.names)
     out["pool"] = ws.labels.pool_counts()
     return out
 
@@ -331,7 +334,7 @@ async def add_items(
 def export(
     user: Lead,
     ws: WorkspaceDep,
-    bundle: BundleDep,
+    schema: LabelSchemaDep,
     format: Literal["jsonl", "label-studio"] = "jsonl",
 ) -> Response:
     """Every label with its provenance, in the layout ``caretriage labels export`` writes
@@ -340,7 +343,7 @@ def export(
 
     if format == "jsonl":
         rows = export_rows(ws.labels)
-        tasks = formats.export_task_names(rows, bundle.schema_.names)
+        tasks = formats.export_task_names(rows, schema.names)
         body = "".join(formats.jsonl_line(formats.flatten_row(r, tasks)) for r in rows)
         return Response(
             body,

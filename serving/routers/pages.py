@@ -158,21 +158,25 @@ async def _page(request: Request, ws: Workspace, path: str) -> Response:
         return templates.TemplateResponse(
             request,
             "forbidden.html",
-            _context(request, user, ws.signer.csrf_token(session.nonce), title, role=role),
+            _context(request, user, ws, session.nonce, title, role=role),
             status_code=403,
         )
     return templates.TemplateResponse(
-        request, template, _context(request, user, ws.signer.csrf_token(session.nonce), title)
+        request, template, _context(request, user, ws, session.nonce, title)
     )
 
 
-def _context(request: Request, user: User, csrf: str, title: str, **extra: Any) -> dict:
+def _context(
+    request: Request, user: User, ws: Workspace, nonce: str, title: str, **extra: Any
+) -> dict:
     bundle = request.app.state.bundle
     return {
         "user": user,
-        "csrf": csrf,
+        "csrf": ws.signer.csrf_token(nonce),
         "title": title,
-        "tasks": {t.name: list(t.labels) for t in bundle.schema_.tasks} if bundle else {},
+        "tasks": {t.name: list(t.labels) for t in ws.schema(bundle.schema_).tasks}
+        if bundle
+        else {},
         "model_version": bundle.meta.version if bundle else "",
         **extra,
     }

@@ -72,8 +72,10 @@ def build_results(
     negative_labels = schema.task("sentiment").positive_labels
     per_task = {
         t: predictions(schema.task(t).labels, probs[t], settings.abstain_below.get(t, 0.0))
-        for t in TASK_NAMES
+        for t in schema.names
+        if t in probs
     }
+    further = [t for t in per_task if t not in TASK_NAMES]
     p_actionable_all = np.minimum(1.0, probs["actionability"][:, positive].sum(axis=1)).tolist()
     results = []
     for i, post in enumerate(request.posts):
@@ -101,6 +103,7 @@ def build_results(
                 ),
                 priority=prio,
                 route=Route(agents=matches),
+                tasks={t: per_task[t][i] for t in further},
             )
         )
     return results
