@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser run test test-slow train bench lint clean
+.PHONY: setup browser run test test-slow train bench soak lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -55,6 +55,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) -m benchmarks.routing
 	$(PY) -m benchmarks.labeling
+	$(PY) -m benchmarks.observability
+
+# Not in `make test`: MINUTES (10) at a steady mixed load near 80% of measured capacity, on
+# STORE=sqlite (default) or postgresql; prints a table, writes benchmarks/results/soak-*.json.
+MINUTES ?= 10
+STORE ?= sqlite
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --minutes $(MINUTES) --store $(STORE)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -105,6 +105,7 @@ class RawClient:
         self._head = "".join(f"{k}: {v}\r\n" for k, v in ({"Host": host} | headers).items())
         self._sock: socket.socket | None = None
         self._buf = b""
+        self.last_headers: dict[str, str] = {}  # of the last response, names lower-cased
 
     def __enter__(self) -> RawClient:
         return self
@@ -153,6 +154,7 @@ class RawClient:
         for line in lines[1:]:
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip().lower()
+        self.last_headers = headers
         if "content-length" in headers:
             body = self._read(sock, int(headers["content-length"]))
         elif headers.get("transfer-encoding") == "chunked":
@@ -267,6 +269,8 @@ def running_server(
             "CARETRIAGE_LOG_LEVEL": "warning",
             "CARETRIAGE_INTRA_OP_THREADS": str(threads),
             "HF_HUB_OFFLINE": "1",
+            # The load is one key from one address: per-key limits would measure themselves.
+            "CARETRIAGE_RATE_LIMIT_ENABLED": "false",
         }
         | (env_extra or {})
     )

@@ -8,7 +8,6 @@ and starts the batcher; routes receive them through ``serving.deps``. Run with
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import uuid
@@ -20,35 +19,48 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.admission import AdmissionMiddleware
 from serving.deps import check_auth_first
 from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.labeling.workspace import Workspace
+from serving.logs import (
+    AccessLogMiddleware,
+    UnhandledErrorMiddleware,
+    request_id,
+    sane_request_id,
+)
+from serving.metrics import HttpMetricsMiddleware, Metrics
+from serving.metrics import start_server as start_metrics_server
 from serving.priority import load_policy
-from serving.routers import admin, agents, health, labeling, model, pages, score, users
+from serving.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from serving.routers import (
+    admin,
+    agents,
+    docs,
+    health,
+    labeling,
+    metrics,
+    model,
+    pages,
+    score,
+    users,
+)
 from serving.served import ModelSlot, follow, load_served
 from serving.settings import Settings
 from serving.store import Store
 
 log = logging.getLogger("caretriage.serving")
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
 DESCRIPTION = """
 Turns social-media posts addressed to a brand into prioritized, routed customer-service work.
 
 `POST /v1/score` classifies each post (topic, sentiment, actionability), gives it a priority
 (0-100, P1-P4, respond-by time, reasons) and suggests agents from the roster (`/v1/agents`).
-Every `/v1` route needs `Authorization: Bearer <key>`. Errors share one body:
+Every `/v1` route needs `Authorization: Bearer <key>`; each key has a budget of requests and of
+posts per window, reported in `RateLimit-Limit`/`-Remaining`/`-Reset` and answered with 429
+and `Retry-After` once spent. Errors share one body:
 `{"error": ..., "message": ..., "fields": [...]}`.
 """
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every log record (use ``%(request_id)s`` in a format)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
 
 
 class RequestIdMiddleware:
@@ -63,7 +75,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
-        rid = given[:64] if given.isprintable() and given else uuid.uuid4().hex
+        rid = sane_request_id(given) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id.set(rid)
 
@@ -104,9 +116,15 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             )
         bundle = served.bundle
         log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
+        scrape = None
+        if settings.metrics_port is not None:
+            scrape = start_metrics_server(state.metrics, settings.host, settings.metrics_port)
         try:
             yield
         finally:
+            if scrape is not None:
+                scrape.shutdown()
+                scrape.server_close()
             for task in tasks:
                 task.cancel()
             await slot.close()
@@ -144,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version="1",
         lifespan=_make_lifespan(settings),
+        # /docs from the package's own assets (serving.routers.docs): FastAPI's loads a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_bytes()
@@ -151,21 +172,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.bundle = app.state.policy = app.state.scorer = None
     app.state.store = app.state.batcher = app.state.workspace = None
     app.state.served = app.state.slot = None
+    app.state.metrics = Metrics(app.state)
+    app.state.batch_observer = app.state.metrics.observe_batch  # ModelSlot hands it to batchers
+    app.state.rate_limiter = RateLimiter(settings, on_limited=app.state.metrics.rate_limited_by)
     install_error_handlers(app)
     for r in (
         health.router,
+        docs.router,
         model.router,
         agents.router,
         score.router,
         labeling.router,
         users.router,
         admin.router,
+        metrics.router,
         pages.router,
     ):
         app.include_router(r)
     pages.mount_static(app)
     # Added last = outermost: ids first, then the size limit before anything reads the body.
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Over the queue deadline, /v1/score is refused from its headers, before its body is read.
+    app.add_middleware(AdmissionMiddleware, state=app.state)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -173,6 +202,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
+    app.add_middleware(UnhandledErrorMiddleware)  # one record per 500, content withheld
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -3,9 +3,10 @@
 Requests tokenize their posts, then wait on the queue. A dedicated thread takes whatever is
 waiting, up to the token cap, runs it through the scorer and hands each request its rows back
 on the event loop. There is no artificial wait: a lone request runs at once, while under
-concurrency the requests that arrived during the previous run share the next one. The queue is
-bounded in posts, and a request that would overflow it is refused (503) instead of queueing
-unbounded latency.
+concurrency the requests that arrived during the previous run share the next one. A request
+whose posts would wait longer than the queue deadline (posts ahead x measured seconds per post,
+``serving.admission``), or overflow the queue's bound in posts, is refused (503) instead of
+queueing unbounded latency.
 
 The runs are started by their own thread, not by a task on the event loop, because the loop is
 busy answering and parsing requests exactly when a run ends: a task resuming there to start the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from serving.admission import RateLog, ServiceTime, Verdict, decide
 from serving.errors import ModelNotReady, Overloaded
 from serving.inference import Scorer
 
@@ -44,6 +47,7 @@ class _Item:
     future: asyncio.Future[dict[str, np.ndarray]]
     tokens: int = field(init=False)
     released: bool = False  # its posts no longer count as pending (set on the loop only)
+    queued_at: float = field(default_factory=time.perf_counter)  # for the queue-wait metric
 
     def __post_init__(self) -> None:
         self.tokens = sum(len(x) for x in self.ids)
@@ -56,10 +60,15 @@ class Batcher:
     ``batches_run`` are touched on the event loop only (the run thread hands results over with
     ``call_soon_threadsafe``)."""
 
-    def __init__(self, scorer: Scorer, *, max_queue: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self, scorer: Scorer, *, max_queue: int, max_batch_tokens: int, deadline_s: float = 0.0
+    ) -> None:
         self.scorer = scorer
         self.max_queue = max_queue
         self.max_batch_tokens = max_batch_tokens
+        self.deadline_s = deadline_s  # queue wait beyond which requests are refused; 0: none
+        self.service = ServiceTime()  # seconds per post, measured on the runs
+        self.sheds = RateLog(log, "shed %d requests in the last %.0f s")
         self._items: deque[_Item] = deque()
         self._running: list[_Item] = []  # the batch in the model now
         self._cond = threading.Condition()
@@ -68,6 +77,9 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.batches_run = 0  # for tests and metrics: how many runs so far
+        # Metrics hook (serving.metrics), called on the run thread as a run starts: its posts,
+        # and the seconds each request taken waited. Set by ModelSlot.install; None: unobserved.
+        self.observe: Callable[[int, list[float]], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -76,6 +88,25 @@ class Batcher:
     @property
     def pending(self) -> int:
         return self._pending
+
+    def verdict(self, posts: int = 1) -> Verdict:
+        """Whether ``posts`` more posts would be admitted now."""
+        return decide(
+            pending=self._pending,
+            posts=posts,
+            per_post_s=self.service.per_post_s,
+            deadline_s=self.deadline_s,
+            max_queue=self.max_queue,
+        )
+
+    def refusal(self, posts: int = 1) -> Overloaded | None:
+        """The 503 for a request of ``posts`` posts if it is not admitted now (counted in the
+        shed rate), else None. Called on the event loop."""
+        v = self.verdict(posts)
+        if v.admit:
+            return None
+        self.sheds.record(v.reason)
+        return Overloaded(f"{v.reason}; retry in {v.retry_after_s} s", v.retry_after_s)
 
     def start(self) -> None:
         """Start the run thread; call from the event loop that will submit."""
@@ -97,6 +128,7 @@ class Batcher:
             self._items.clear()
             self._cond.notify_all()
         self._fail(left, ModelNotReady("the service is shutting down"))
+        self.sheds.close()
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.to_thread(thread.join, STOP_JOIN_S)
@@ -109,10 +141,9 @@ class Batcher:
         if not self.running:
             raise ModelNotReady()
         n = len(texts)
-        if self._pending + n > self.max_queue:
-            raise Overloaded(
-                f"{self._pending} posts are waiting (limit {self.max_queue}); retry shortly"
-            )
+        refused = self.refusal(n)
+        if refused is not None:
+            raise refused
         self._pending += n  # reserve before awaiting, so concurrent requests see it
         try:
             if n <= INLINE_ENCODE_POSTS:
@@ -196,8 +227,16 @@ class Batcher:
             if not taken:
                 continue
             ids = [x for item in taken for x in item.ids]
+            if self.observe is not None:
+                now = time.perf_counter()
+                try:
+                    self.observe(len(ids), [now - item.queued_at for item in taken])
+                except Exception:  # metrics never stop the model
+                    log.exception("batch metrics hook failed")
             try:
+                t0 = time.perf_counter()
                 result = (self._deliver, taken, self.scorer.predict_encoded(ids))
+                self.service.observe(time.perf_counter() - t0, len(ids))
             except Exception as exc:  # a model failure fails its requests, not the thread
                 log.exception("inference failed for %d posts", len(ids))
                 result = (self._fail, taken, exc)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import urllib.error
 import urllib.request
 
 from serving.settings import Settings, SettingsError
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def check(settings: Settings) -> None:
@@ -61,17 +57,11 @@ def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
         return False, f"no answer from {url}: {getattr(e, 'reason', e)}"
 
 
-def _configure_logging(level: str) -> None:
-    from serving.app import RequestIdFilter
+def _configure_logging(settings: Settings) -> None:
+    """One handler for the service's and uvicorn's loggers, text or JSON (serving/logs.py)."""
+    from serving.logs import configure
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger("caretriage")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure(settings.log_level, settings.log_format)
 
 
 def serve(settings: Settings | None = None) -> None:
@@ -80,13 +70,14 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     from serving.app import create_app
+    from serving.protocol import guarded_protocol
 
     if settings is None:
         try:
             settings = Settings()
         except SettingsError as e:
             raise SystemExit(f"caretriage: {e}") from e
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     check(settings)
     app = create_app(settings)
     print(
@@ -100,4 +91,12 @@ def serve(settings: Settings | None = None) -> None:
         log_level=settings.log_level.lower(),
         proxy_headers=False,
         server_header=False,
+        log_config=None,  # the loggers are configured above, in CARETRIAGE_LOG_FORMAT
+        access_log=False,  # serving.logs.AccessLogMiddleware: route template and request id
+        # httptools with a header-size limit and header/body timeouts (serving/protocol.py).
+        http=guarded_protocol(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_s=settings.header_timeout_seconds,
+            body_timeout_s=settings.body_timeout_seconds,
+        ),
     )

@@ -21,7 +21,9 @@ from serving.errors import Forbidden, ModelNotReady, Unauthorized
 from serving.labeling.accounts import CSRF_HEADER, SESSION_COOKIE, Session, fingerprint
 from serving.labeling.store import User
 from serving.labeling.workspace import Workspace
+from serving.metrics import Metrics
 from serving.priority import Policy
+from serving.ratelimit import REQUESTS, RateLimiter, client_address
 from serving.served import Served
 from serving.settings import Settings
 from serving.store import Store
@@ -111,24 +113,53 @@ def require_role(role: str) -> Callable[..., Awaitable[User]]:
     return dependency
 
 
-def _verify(request: Request, token: str | None) -> None:
+def _verify(request: Request, token: str | None) -> int:
+    """The index of the configured key ``token`` is, else 401."""
     if not token:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     given = token.encode("utf-8")
     keys: list[bytes] = request.app.state.api_keys
-    ok = False
-    for key in keys:  # no early exit: the time taken does not depend on which key matched
-        ok |= hmac.compare_digest(given, key)
-    if not ok:
+    # No early exit: the time taken does not depend on which key matched.
+    hits = [hmac.compare_digest(given, key) for key in keys]
+    if not any(hits):
         raise Unauthorized("invalid API key")
+    return hits.index(True)
+
+
+def _verify_limited(request: Request, token: str | None, charge: bool = True) -> None:
+    """``_verify`` under the rate limits: a client past its wrong-key budget is refused before
+    its key is looked at, a wrong key counts against it, and a right one is charged a request.
+    Synchronous (it may wait on Redis): call through ``RateLimiter.call``."""
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        _verify(request, token)
+        return
+    client = client_address(request)
+    limiter.check_client(client)
+    try:
+        index = _verify(request, token)
+    except Unauthorized:
+        if token:  # a missing key is not a guess
+            limiter.failed(client)
+        raise
+    kid = limiter.key_ids[index]
+    request.state.api_key_id = kid
+    if charge:
+        limiter.charge(request, kid, REQUESTS)
 
 
 async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """``Authorization: Bearer <key>`` with a configured key, else 401 (constant-time compare)."""
-    _verify(request, credentials.credentials if credentials else None)
+    """``Authorization: Bearer <key>`` with a configured key, else 401 (constant-time compare);
+    429 past the key's request budget or the client's wrong-key budget."""
+    token = credentials.credentials if credentials else None
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        _verify(request, token)
+    else:
+        await limiter.call(_verify_limited, request, token)
 
 
 def check_auth_first(request: Request) -> None:
@@ -144,7 +175,10 @@ def check_auth_first(request: Request) -> None:
     if not needed:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    _verify(request, token.strip() if scheme.lower() == "bearer" else None)
+    # Wrong keys count here too, or an unparsable body would be a way around the brake. Not
+    # charged: the request is refused anyway. Synchronous: Redis is asked on the event loop on
+    # this path (bounded by ratelimit.REDIS_TIMEOUT_S).
+    _verify_limited(request, token.strip() if scheme.lower() == "bearer" else None, charge=False)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -165,15 +199,41 @@ async def require_admin(request: Request, ws: Annotated[Workspace, Depends(get_w
     admin with the CSRF header; returns who. Helpdesk keys are refused."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        given = token.strip().encode("utf-8")
-        ok = False
-        for key in request.app.state.settings.admin_keys:  # no early exit: constant time
-            ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8"))
-        if not ok:
-            raise Forbidden("this needs an admin key (CARETRIAGE_ADMIN_KEYS) or an admin session")
+        limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+        if limiter is None:
+            _verify_admin(request, token.strip())
+        else:
+            await limiter.call(_verify_admin, request, token.strip(), limiter)
         return "admin-key"
     user = await require_role("admin")(request, ws)
     return user.name
 
 
+def _verify_admin(request: Request, token: str, limiter: RateLimiter | None = None) -> None:
+    """403 unless ``token`` is an admin key; wrong ones count against the client's budget."""
+    client = client_address(request)
+    if limiter is not None:
+        limiter.check_client(client)
+    given = token.encode("utf-8")
+    ok = False
+    for key in request.app.state.settings.admin_keys:  # no early exit: constant time
+        ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8"))
+    if not ok:
+        if limiter is not None:
+            limiter.failed(client)
+        raise Forbidden("this needs an admin key (CARETRIAGE_ADMIN_KEYS) or an admin session")
+
+
 AdminOnly = Annotated[str, Depends(require_admin)]
+
+
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+RateLimits = Annotated[RateLimiter, Depends(get_rate_limiter)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -7,7 +7,9 @@ as ``schemas.ErrorBody`` {error, message, fields}, so clients branch on ``error`
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,7 +47,17 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> ErrorBody:
-        return ErrorBody(error=self.error, message=self.message, fields=self.fields)
+        return ErrorBody(
+            error=self.error,
+            message=printable(self.message),
+            fields=[printable(f) for f in self.fields],
+        )
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``): an error that echoes what the client
+    sent must still encode as UTF-8, or the error itself becomes a 500."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BadRequest(ApiError):
@@ -100,11 +112,30 @@ class ValidationFailed(ApiError):
 
 
 class Overloaded(ApiError):
+    """Refused to keep the queue within its deadline. Logged as a rate by the batcher
+    (``serving.admission.RateLog``), never a line per request."""
+
     status_code = 503
     error = "overloaded"
 
-    def __init__(self, message: str = "too many posts waiting; retry shortly") -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+    def __init__(
+        self, message: str = "too many posts waiting; retry shortly", retry_after: int = 1
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class RequestTimeout(ApiError):
+    """Sent by ``serving.protocol`` when a request's headers or body arrive too slowly."""
+
+    status_code = 408
+    error = "request_timeout"
+
+
+class HeadersTooLarge(ApiError):
+    """Sent by ``serving.protocol`` when a request's headers exceed the limit."""
+
+    status_code = 431
+    error = "headers_too_large"
 
 
 class ModelNotReady(ApiError):
@@ -155,10 +186,29 @@ _SOURCES = {"body", "query", "path", "header", "cookie"}
 
 def field_path(loc: Iterable[Any]) -> str:
     """``("body", "posts", 3, "text")`` -> ``"posts.3.text"``; ``("body",)`` -> ``"body"``."""
-    parts = [str(p) for p in loc]
+    parts = [printable(str(p)) for p in loc]
     if len(parts) > 1 and parts[0] in _SOURCES:
         parts = parts[1:]
     return ".".join(parts) or "body"
+
+
+def json_problem(exc: BaseException) -> str:
+    """What is wrong with JSON text that ``json.loads`` refused with ``exc``, in words a client
+    can act on (each cause used to read "not readable as JSON text")."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start}); send UTF-8"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at character {exc.pos}: {exc.msg}"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    return "not readable as JSON text (send UTF-8)"
+
+
+def unreadable_body(exc: BaseException) -> ValidationFailed:
+    """The 422 for a body ``json.loads`` refused with ``exc``."""
+    return ValidationFailed(f"body: {json_problem(exc)}", ["body"])
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -208,20 +258,25 @@ def error_response(exc: ApiError, request: Request | None = None) -> JSONRespons
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and not isinstance(exc, Overloaded):
         log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.error)
     return error_response(exc, request)
 
 
-async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def _denied(request: Request) -> JSONResponse | None:
+    """The 401 a request without a valid key gets before any word about its body."""
     auth_first = getattr(request.app.state, "auth_first", None)
     if auth_first is not None:
         try:
             auth_first(request)
         except ApiError as denied:
             return error_response(denied, request)
-    return error_response(
+    return None
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _denied(request) or error_response(
         validation_failed(exc.errors(), request.headers.get("content-type")), request
     )
 
@@ -256,11 +311,10 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
         # (GET and PUT /v1/agents) allows them all.
         headers["Allow"] = ", ".join(allowed_methods(request))
     elif exc.status_code == 400 and detail == _UNPARSABLE_BODY:
-        # FastAPI's answer to a body that is not text (e.g. not UTF-8): the same fault, to a
-        # client, as invalid JSON, which is a 422 naming the body.
-        return error_response(
-            ValidationFailed("body: not readable as JSON text (send UTF-8)", ["body"]), request
-        )
+        # FastAPI's answer to a body json.loads refused other than as invalid JSON (not UTF-8,
+        # nested too deeply, an integer too long): the same fault, to a client, as invalid
+        # JSON, which is a 422 naming the body; FastAPI chains the cause, which says which.
+        return _denied(request) or error_response(unreadable_body(exc.__cause__ or exc), request)
     err = ApiError(detail, fields=["body"] if exc.status_code == 413 else (), headers=headers)
     err.status_code = exc.status_code
     cls = _BY_STATUS.get(exc.status_code)

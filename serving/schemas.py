@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_POSTS = 256
 MAX_TEXT = 5000
@@ -46,15 +46,43 @@ def _utc(v: datetime) -> datetime:
     return v
 
 
-def _no_nul(v: str) -> str:
-    # PostgreSQL refuses NUL in text and JSONB: a stored string must not hold one.
+def unicode_problem(v: str) -> str | None:
+    """Why ``v`` is not Unicode text, or None. JSON's unpaired escapes ("\\ud800") decode to
+    lone surrogates, which no UTF-8 encoder accepts: stored, they made every later read of the
+    row a 500; as dictionary keys they were rewritten to U+FFFD, merging distinct keys."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode: an unpaired surrogate at character {e.start}"
+    return None
+
+
+def storable_problem(v: str) -> str | None:
+    """Why no store can keep ``v`` (PostgreSQL refuses NUL in text and JSONB), or None."""
     if "\x00" in v:
-        raise ValueError("must not contain NUL characters")
+        return "must not contain NUL characters"
+    return unicode_problem(v)
+
+
+def _text(v: object) -> object:
+    # Before the str validator, so this message wins over pydantic's own for constrained strs.
+    if isinstance(v, str) and (problem := unicode_problem(v)):
+        raise ValueError(problem)
     return v
 
 
-# A string the store keeps (agent ids, names, skills' topics).
-Stored = Annotated[str, AfterValidator(_no_nul)]
+def _storable(v: object) -> object:
+    if isinstance(v, str) and (problem := storable_problem(v)):
+        raise ValueError(problem)
+    return v
+
+
+# Every string a request carries is ``Text`` (valid Unicode) or ``Stored`` (also no NUL: what
+# the store keeps: agent ids, names, topics, labels, notes). Constraints go in the field's
+# ``Field(...)``, or before the validator in an ``Annotated``, so pydantic applies them to the
+# str itself (placed after it, they lose their pattern in the schema).
+Text = Annotated[str, BeforeValidator(_text)]
+Stored = Annotated[str, BeforeValidator(_storable)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Minutes = Annotated[float, Field(ge=0.0)]
 
@@ -66,7 +94,7 @@ class _Strict(BaseModel):
 
 
 class Author(_Strict):
-    handle: str | None = Field(default=None, max_length=200)
+    handle: Text | None = Field(default=None, max_length=200)
     followers: int = Field(default=0, ge=0, le=10**10)
     verified: bool = False
 
@@ -79,17 +107,19 @@ class Contact(_Strict):
 
 
 class Customer(_Strict):
-    id: str | None = Field(default=None, max_length=200)
+    id: Text | None = Field(default=None, max_length=200)
     lifetime_value: float = Field(default=0.0, ge=0)
-    tier: str | None = Field(default=None, max_length=50)
+    tier: Text | None = Field(default=None, max_length=50)
     open_tickets: int = Field(default=0, ge=0, le=MAX_COUNT)
     recent_contacts: list[Contact] = Field(default_factory=list, max_length=1000)
 
 
 class Post(_Strict):
-    id: str = Field(min_length=1, max_length=200)
+    # Stored, not Text: a scored post may be kept (sampled into the labeling pool), and no
+    # store keeps NUL; a social post never carries one.
+    id: Stored = Field(min_length=1, max_length=200)
     # The pattern documents the blank check below in the schema (JSON Schema patterns search).
-    text: str = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra={"pattern": r"\S"})
+    text: Stored = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra={"pattern": r"\S"})
     channel: Channel = Channel.twitter
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     author: Author | None = None
@@ -177,7 +207,7 @@ class Agent(_Strict):
     id: Stored = Field(min_length=1, max_length=200)
     name: Stored | None = Field(default=None, max_length=200)
     work_group: Stored = Field(default="default", max_length=100)
-    languages: list[Annotated[Stored, Field(max_length=35)]] = Field(
+    languages: list[Annotated[str, Field(max_length=35), BeforeValidator(_storable)]] = Field(
         default_factory=lambda: ["en"], max_length=100
     )
     # Skill per topic label, 0-1; a topic absent here counts as 0.
@@ -220,6 +250,7 @@ class ModelInfo(BaseModel):
     lexical: dict[str, object] = Field(default_factory=dict)
     # None for a bundle that records no self-check.
     self_check: SelfCheckResult | None = None
+    queued_posts: int = Field(default=0, description="Posts waiting for the model right now.")
 
 
 class ErrorBody(BaseModel):
@@ -237,12 +268,10 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Readiness: the model is loaded and warm, and the queue accepts work."""
+    """Readiness: the model is loaded and warm, and the queue accepts work. Unauthenticated,
+    so it says nothing more (the model and the queue's depth are in ``GET /v1/model``)."""
 
     status: Literal["ready"] = "ready"
-    model: str
-    version: str
-    queued_posts: int
 
 
 # -- the labeling workspace ----------------------------------------------------------------------
@@ -255,9 +284,10 @@ IdempotencyKey = Annotated[
         pattern=r"^[A-Za-z0-9._:-]+$",
         description="Chosen by the client per answer; a retry with the same key counts once.",
     ),
+    BeforeValidator(_text),
 ]
-LabelName = Annotated[Stored, Field(min_length=1, max_length=100)]
-Note = Annotated[Stored, Field(max_length=2000)]
+LabelName = Annotated[str, Field(min_length=1, max_length=100), BeforeValidator(_storable)]
+Note = Annotated[str, Field(max_length=2000), BeforeValidator(_storable)]
 
 
 class Suggestion(BaseModel):
@@ -323,7 +353,7 @@ class AnswerResult(BaseModel):
 
 
 class UploadPost(_Strict):
-    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    text: Stored = Field(min_length=1, max_length=MAX_TEXT)
     id: Stored | None = Field(default=None, max_length=200)
     channel: Channel | None = None
     author: Author | None = None
@@ -355,10 +385,10 @@ class UserOut(BaseModel):
 class NewUser(_Strict):
     name: Stored = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
     role: Literal["evaluator", "lead", "admin"] = "evaluator"
-    password: str = Field(min_length=10, max_length=200)
+    password: Text = Field(min_length=10, max_length=200)
 
 
 class UserPatch(_Strict):
     role: Literal["evaluator", "lead", "admin"] | None = None
     disabled: bool | None = None
-    password: str | None = Field(default=None, min_length=10, max_length=200)
+    password: Text | None = Field(default=None, min_length=10, max_length=200)

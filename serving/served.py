@@ -94,7 +94,10 @@ async def load_served(
             f"max |logit diff| {check['max_abs_diff']:.2e})"
         )
     batcher = Batcher(
-        scorer, max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens
+        scorer,
+        max_queue=settings.max_queue,
+        max_batch_tokens=settings.max_batch_tokens,
+        deadline_s=settings.queue_deadline_ms / 1000,
     )
     batcher.start()
     return Served(bundle, scorer, batcher)
@@ -134,6 +137,8 @@ class ModelSlot:
 
     def install(self, served: Served) -> None:
         state = self._state
+        # The app's metrics hook (serving.metrics): each model's batcher reports its runs.
+        served.batcher.observe = getattr(state, "batch_observer", None)
         state.served = served  # type: ignore[attr-defined]
         # The separate names stay for readers that need one piece (health, pages, sampling).
         state.bundle, state.scorer, state.batcher = served.bundle, served.scorer, served.batcher  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ keys, nor with keys short enough to guess.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -69,6 +70,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=2048, ge=MAX_POSTS)
     # Request bodies above this many bytes get 413. 4 MiB fits 256 posts of 5000 3-byte chars.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A /v1/score request is refused (503, Retry-After) when its posts would wait longer than
+    # this for the model (posts ahead x measured seconds per post), before its body is read;
+    # 0: no deadline, only MAX_QUEUE bounds the queue (serving/admission.py).
+    queue_deadline_ms: float = Field(default=1000.0, ge=0)
+    # Request headers (the request line included) above this many bytes get 431 and the
+    # connection is closed; uvicorn's httptools parser has no limit of its own.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # A request's headers must arrive within this many seconds (of the connection opening, or
+    # of the request's first byte on a kept-alive connection), and its body within this many
+    # seconds of its headers; a slower client gets 408 and is disconnected (serving/protocol.py).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
     # Scoring reads the roster from a snapshot at most this many seconds old; edits through this
     # process's /v1/agents are seen at once, edits by other processes within this time. 0 reads
     # the database on every request.
@@ -98,6 +111,29 @@ class Settings(BaseSettings):
     # Bearer keys with admin rights (model reload), separate from the helpdesk keys; admins
     # signed in to the workspace have them too.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, repr=False)
+
+    # -- rate limits (serving/ratelimit.py) --
+    # Per API key and window: requests, and posts scored (a /v1/score batch of N counts N), in
+    # the `limits` notation ("600/minute", "10 per second"); "unlimited" turns one off.
+    rate_limit: str = "600/minute"
+    post_rate_limit: str = "20000/minute"
+    # Per-key overrides (JSON), keyed by a key's id, never the key: the first 12 hex digits of
+    # its SHA-256 (`printf %s "$KEY" | sha256sum | cut -c1-12`).
+    rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
+    post_rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
+    # Wrong API or admin keys one client address may send per window; then it gets 429.
+    auth_failure_limit: str = "30/minute"
+    # memory:// (counts per process) or redis://host:port/db (shared by every process using it).
+    rate_limit_storage: str = Field(default="memory://", repr=False)
+    # Off: no limits at all (tests; or a gateway in front that limits already).
+    rate_limit_enabled: bool = True
+
+    # -- observability (serving/metrics.py, serving/logs.py) --
+    # Also serve GET /metrics, unauthenticated, on this port of HOST (for a scraper inside the
+    # network); the app's own /metrics needs an admin key either way.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Log lines as JSON objects (one per line) or as text; both carry the request id.
+    log_format: Literal["text", "json"] = "text"
 
     # -- the labeling workspace (/label) --
     # Signs evaluators' session cookies; at least 32 characters. Unset: a random secret per
@@ -166,6 +202,41 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"CARETRIAGE_API_KEYS: key(s) at position {short} are shorter than "
                 f"{MIN_KEY_LENGTH} characters; refusing to start with guessable keys"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _readable_rate_limits(self) -> Self:
+        # Imported here: the `limits` library is only needed once limits are configured.
+        from serving.ratelimit import STORAGE_SCHEMES, key_id, parse_limit, storage_scheme
+
+        ids = {key_id(k.get_secret_value()) for k in self.api_keys}
+        for name in ("rate_limit", "post_rate_limit", "auth_failure_limit"):
+            try:
+                parse_limit(getattr(self, name))
+            except ValueError as e:
+                raise SettingsError(f"CARETRIAGE_{name.upper()}: {e}") from None
+        for name in ("rate_limit_overrides", "post_rate_limit_overrides"):
+            for kid, text in getattr(self, name).items():
+                if kid not in ids:  # a typo would silently leave the key on the default
+                    raise SettingsError(
+                        f"CARETRIAGE_{name.upper()}: {kid!r} is not the id of a configured API "
+                        "key (the first 12 hex digits of its SHA-256)"
+                    )
+                try:
+                    parse_limit(text)
+                except ValueError as e:
+                    raise SettingsError(f"CARETRIAGE_{name.upper()}[{kid}]: {e}") from None
+        scheme = storage_scheme(self.rate_limit_storage)
+        if scheme not in STORAGE_SCHEMES:  # the URL itself is not echoed: it may hold a password
+            raise SettingsError(
+                f"CARETRIAGE_RATE_LIMIT_STORAGE: scheme {scheme!r} is not one of "
+                f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+            )
+        if scheme.startswith("redis") and importlib.util.find_spec("redis") is None:
+            raise SettingsError(
+                "CARETRIAGE_RATE_LIMIT_STORAGE names Redis, but the redis client is not "
+                "installed: pip install 'caretriage[redis]'"
             )
         return self
 

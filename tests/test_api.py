@@ -72,8 +72,12 @@ def test_healthz_and_readyz(client, onnx_bundle):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
+    # Public: ready or not, nothing more; what serves and how busy it is need the key.
+    assert r.json() == {"status": "ready"}
     meta = read_bundle(onnx_bundle).meta
-    assert r.json()["model"] == meta.name and r.json()["version"] == meta.version
+    info = client.get("/v1/model", headers=AUTH).json()
+    assert info["name"] == meta.name and info["version"] == meta.version
+    assert info["queued_posts"] == 0
 
 
 def test_readyz_503_until_started_and_after_shutdown(onnx_bundle, tmp_path):

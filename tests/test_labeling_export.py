@@ -110,9 +110,7 @@ def test_export_files_load_with_datasets(labeled, tmp_path, fmt, monkeypatch):
     ds = load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(path))["train"]
     assert ds.num_rows == 9
     final = ds.filter(lambda r: r["final"])
-    assert sorted(final["label_topic"]) == sorted(
-        ["lost_luggage", "other", "late_flight", "other"]
-    )
+    assert sorted(final["label_topic"]) == sorted(["lost_luggage", "other", "late_flight", "other"])
     assert set(ds["evaluator"]) == {"eva", "bo", "lee"}
     back = formats.read_export(path)
     assert [r["labels"] for r in back] == [r["labels"] for r in export_rows(labeled)]

@@ -26,7 +26,8 @@ def test_serves_scores_and_keeps_agents_across_a_kill(tiny_bundle_dir, tmp_path)
     with server, server.client() as http:
         ready = http.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["model"] == read_bundle(tiny_bundle_dir).meta.name
+        assert ready.json() == {"status": "ready"}
+        assert http.get("/v1/model").json()["name"] == read_bundle(tiny_bundle_dir).meta.name
 
         assert http.post("/v1/score", json={"posts": []}, headers={}).status_code == 422
         assert http.get("/v1/model", headers={"Authorization": "Bearer nope"}).status_code == 401

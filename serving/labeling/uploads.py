@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serving.errors import json_problem
 from serving.labeling.formats import iso_utc
+from serving.schemas import storable_problem
 
 MAX_TEXT = 5000  # serving.schemas.MAX_TEXT
 MAX_ROWS = 100_000
@@ -72,6 +74,21 @@ def _opt_str(obj: Mapping[str, Any], key: str, limit: int | None = None) -> str 
     return value
 
 
+def _check_storable(value: Any, key: str) -> None:
+    """Refuse what no store keeps (NUL, lone surrogates from JSON's unpaired escapes) in a
+    string, or in any key or string nested in it; the same test as the API's ``Stored``."""
+    stack = [value]
+    while stack:  # not recursive: an author object may nest as deep as json.loads allows
+        v = stack.pop()
+        if isinstance(v, str) and (problem := storable_problem(v)):
+            raise ValueError(f"{key!r} {problem}")
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
 def _author(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     value, handle = obj.get("author"), _opt_str(obj, "handle")
     if isinstance(value, str) and value.strip().startswith("{"):
@@ -79,12 +96,15 @@ def _author(obj: Mapping[str, Any]) -> dict[str, Any] | None:
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise ValueError(f"'author' is not valid JSON: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # too deep, an integer too long
+            raise ValueError(f"'author' is not readable: {json_problem(e)}") from None
     if isinstance(value, str):
         value = {"handle": value.strip()} if value.strip() else None
     if value is not None and not isinstance(value, dict):
         raise ValueError("'author' must be an object or a handle")
     if handle:
         value = {"handle": handle, **(value or {})}
+    _check_storable(value, "author")
     return value
 
 
@@ -98,12 +118,13 @@ def _upload_row(obj: Mapping[str, Any], line: int) -> UploadRow:
         raise ValueError("missing or empty 'text'")
     if len(text) > MAX_TEXT:
         raise ValueError(f"'text' has {len(text)} characters; the limit is {MAX_TEXT}")
-    if "\x00" in text:
-        raise ValueError("'text' contains a NUL character")
+    _check_storable(text, "text")
     external_id = _opt_str(obj, "id", MAX_EXTERNAL_ID) or _opt_str(
         obj, "external_id", MAX_EXTERNAL_ID
     )
     channel = _opt_str(obj, "channel", MAX_CHANNEL)
+    _check_storable(external_id, "id")
+    _check_storable(channel, "channel")
     created_at = obj.get("created_at")
     if created_at is not None and not isinstance(created_at, str):
         raise ValueError("'created_at' must be an ISO-8601 string")
@@ -181,8 +202,8 @@ def _parse_jsonl(text: str, max_rows: int) -> tuple[list[UploadRow], list[RowErr
         except json.JSONDecodeError as e:
             errors.append(RowError(line, f"invalid JSON: {e.msg} (column {e.colno})"))
             continue
-        except RecursionError:
-            errors.append(RowError(line, "invalid JSON: nested too deeply"))
+        except (ValueError, RecursionError) as e:  # too deep, an integer too long
+            errors.append(RowError(line, f"invalid JSON: {json_problem(e)}"))
             continue
         if not isinstance(obj, dict):
             errors.append(RowError(line, f"expected a JSON object, got {type(obj).__name__}"))

@@ -1,4 +1,5 @@
-"""Liveness and readiness probes (no auth: orchestrators call them)."""
+"""Liveness and readiness probes (no auth: orchestrators call them, so they answer up or
+ready and nothing else: what runs and how busy it is are behind the key, ``GET /v1/model``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,4 @@ def readyz(request: Request) -> Readiness:
     batcher = getattr(state, "batcher", None)
     if scorer is None or not scorer.warm or batcher is None or not batcher.running:
         raise ModelNotReady()
-    return Readiness(
-        model=scorer.meta.name, version=scorer.meta.version, queued_posts=batcher.pending
-    )
+    return Readiness()

@@ -34,6 +34,7 @@ from serving.errors import (
     NotFound,
     ValidationFailed,
     responses,
+    unreadable_body,
 )
 from serving.labeling import agreement, formats, uploads
 from serving.labeling.intake import Incoming, incoming, pool_items
@@ -222,8 +223,8 @@ async def uploader(request: Request, ws: WorkspaceDep) -> str:
 def _json_items(raw: bytes) -> tuple[list[Incoming], list[RowError]]:
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValidationFailed(f"body: invalid JSON: {e}", ["body"]) from e
+    except (ValueError, RecursionError) as e:  # invalid JSON, not UTF-8, too deep, too long
+        raise unreadable_body(e) from e
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise ValidationFailed('body: expected {"items": [{"text": ...}, ...]}', ["items"])
     if not 1 <= len(data["items"]) <= 10_000:

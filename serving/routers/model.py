@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Authorized])
 @router.get("/model", response_model=ModelInfo, responses=responses(401, 503))
 def model_info(bundle: BundleDep, batcher: BatcherDep, settings: SettingsDep) -> ModelInfo:
     """The serving model: version, labels per task, abstention thresholds, test metrics and
-    whether this machine reproduces the outputs recorded at export (``self_check``)."""
+    whether this machine reproduces the outputs recorded at export (``self_check``), and
+    how many posts wait for it now (``queued_posts``)."""
     meta = bundle.meta
     tasks = {t.name: list(t.labels) for t in bundle.schema_.tasks}
     return ModelInfo(
@@ -28,4 +29,5 @@ def model_info(bundle: BundleDep, batcher: BatcherDep, settings: SettingsDep) ->
         metrics=meta.metrics,
         lexical=meta.lexical,
         self_check=batcher.scorer.self_check,
+        queued_posts=batcher.pending,
     )

@@ -16,8 +16,17 @@ from starlette.datastructures import State
 from features.bundle import Bundle
 from features.schema import TASK_NAMES, LabelSchema
 from serving import priority, routing
-from serving.deps import Authorized, BatcherDep, BundleDep, PolicyDep, SettingsDep, StoreDep
-from serving.errors import responses
+from serving.deps import (
+    Authorized,
+    BatcherDep,
+    BundleDep,
+    MetricsDep,
+    PolicyDep,
+    RateLimits,
+    SettingsDep,
+    StoreDep,
+)
+from serving.errors import ValidationFailed, responses
 from serving.inference import Scorer
 from serving.labeling.intake import incoming, pool_items
 from serving.schemas import (
@@ -55,6 +64,22 @@ def predictions(labels: list[str], probs: np.ndarray, abstain_below: float) -> l
         )
         for b, c, row in zip(best.tolist(), confidence, scores, strict=True)
     ]
+
+
+def check_unique_ids(request: ScoreRequest) -> None:
+    """Refuse a request that repeats a post id: both results would carry it, and a client
+    matching results to its posts by id could not tell them apart."""
+    first: dict[str, int] = {}
+    repeats = [
+        (i, j) for i, post in enumerate(request.posts) if (j := first.setdefault(post.id, i)) != i
+    ]
+    if repeats:
+        said = [
+            f"posts.{i}.id: duplicate post id {request.posts[i].id!r} (as posts.{j}.id)"
+            for i, j in repeats
+        ]
+        more = f"; and {len(said) - 5} more" if len(said) > 5 else ""
+        raise ValidationFailed("; ".join(said[:5]) + more, [f"posts.{i}.id" for i, _ in repeats])
 
 
 def build_results(
@@ -170,7 +195,7 @@ def sample_for_labeling(
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    responses=responses(401, 413, 422, 503),
+    responses=responses(401, 413, 422, 429, 503),
     summary="Score, prioritize and route posts",
 )
 async def score(
@@ -181,10 +206,15 @@ async def score(
     bundle: BundleDep,
     policy: PolicyDep,
     settings: SettingsDep,
+    limits: RateLimits,
+    metrics: MetricsDep,
 ) -> Response:
     """Runs the request's posts through the model together, reads the roster once, and returns
     one result per post in request order."""
+    check_unique_ids(body)
     texts = [p.text for p in body.posts]
+    if batcher.verdict(len(texts)).admit:  # posts the queue refuses (503) are not charged
+        await limits.charge_posts(request, len(texts))  # 429 past the key's posts per window
     agents = store.cached_roster(settings.roster_max_age)
     if agents is None:
         probs, agents = await asyncio.gather(
@@ -192,6 +222,7 @@ async def score(
         )
     else:
         probs = await batcher.submit(texts)
+    metrics.observe_scored(bundle.schema_, probs)
     roster = compiled_roster(request.app.state, agents, policy.routing)
     args = (body, probs, bundle.schema_, policy, roster, settings)
     if len(texts) <= INLINE_RESULT_POSTS:
