@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.routing
 	$(PY) -m benchmarks.labeling
 	$(PY) -m benchmarks.observability
+	$(PY) -m benchmarks.priority_quality
+	$(PY) -m benchmarks.replay
 
 # Not in `make test`: MINUTES (10) at a steady mixed load near 80% of measured capacity, on
 # STORE=sqlite (default) or postgresql; prints a table, writes benchmarks/results/soak-*.json.

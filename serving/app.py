@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,8 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission import AdmissionMiddleware
+from serving.assignments import AssignmentStore
+from serving.contacts import ContactStore
 from serving.deps import check_auth_first
+from serving.dictionary import DictionarySlot
+from serving.dictionary import follow as follow_dictionary
 from serving.errors import BodyLimitMiddleware, install_error_handlers
+from serving.experiment_store import ExperimentStore
 from serving.labeling.workspace import Workspace
 from serving.logs import (
     AccessLogMiddleware,
@@ -36,12 +41,17 @@ from serving.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from serving.routers import (
     admin,
     agents,
+    assign,
+    contacts,
+    dictionary,
     docs,
+    experiments,
     health,
     labeling,
     metrics,
     model,
     pages,
+    reports,
     score,
     users,
 )
@@ -95,19 +105,26 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        policy = load_policy(settings.policy_file)
+        store = Store(settings.database_url)
+        await run_in_threadpool(store.upgrade)
+        dictionary = DictionarySlot(state, store)
+        policy = (await dictionary.start(lambda: load_policy(settings.policy_path()))).policy
         slot = ModelSlot(state, settings, policy)
         served = await load_served(settings.model_dir, settings, policy, require_self_check=False)
         slot.install(served)
         extra = sorted(set(settings.abstain_below) - set(served.bundle.schema_.names))
         if extra:
             log.warning("abstain_below names tasks the model lacks: %s", extra)
-        store = Store(settings.database_url)
-        await run_in_threadpool(store.upgrade)
         workspace = Workspace.build(store, settings)
-        state.policy, state.slot = policy, slot
+        state.slot, state.dictionary_slot = slot, dictionary
         state.store, state.workspace = store, workspace
-        tasks = [asyncio.create_task(_upkeep(workspace))]
+        state.contacts = ContactStore.from_settings(store, settings)
+        state.casework = AssignmentStore.from_settings(store, settings)
+        state.experiments = ExperimentStore(store, settings.dictionary_poll_seconds)
+        tasks = [
+            asyncio.create_task(_upkeep(workspace, purges=(state.contacts.purge_expired,))),
+            asyncio.create_task(follow_dictionary(dictionary, settings.dictionary_poll_seconds)),
+        ]
         if settings.model_pointer is not None:
             tasks.append(
                 asyncio.create_task(
@@ -131,13 +148,18 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             store.dispose()
             state.batcher = state.scorer = state.store = state.workspace = None
             state.served = state.slot = None
+            state.dictionary = state.dictionary_slot = None
+            state.contacts = state.casework = state.experiments = None
 
     return lifespan
 
 
-async def _upkeep(workspace: Workspace, period: float = 2.0) -> None:
-    """Re-rank the labeling queue's head while labels arrive, and drop sampled traffic past
-    its retention, off the request path. Errors are logged, never fatal."""
+async def _upkeep(
+    workspace: Workspace, period: float = 2.0, purges: Sequence[Callable[[], object]] = ()
+) -> None:
+    """Re-rank the labeling queue's head while labels arrive, and drop sampled traffic (and,
+    through ``purges``, contacts) past its retention, off the request path. Errors are
+    logged, never fatal."""
     purged_at = 0.0
     while True:
         await asyncio.sleep(period)
@@ -148,6 +170,8 @@ async def _upkeep(workspace: Workspace, period: float = 2.0) -> None:
             if now - purged_at > 3600:
                 purged_at = now
                 await run_in_threadpool(workspace.labels.purge_expired)
+                for purge in purges:
+                    await run_in_threadpool(purge)
         except Exception:
             log.exception("labeling upkeep failed; retrying")
 
@@ -172,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.bundle = app.state.policy = app.state.scorer = None
     app.state.store = app.state.batcher = app.state.workspace = None
     app.state.served = app.state.slot = None
+    app.state.dictionary = app.state.dictionary_slot = None
+    app.state.contacts = app.state.casework = app.state.experiments = None
     app.state.metrics = Metrics(app.state)
     app.state.batch_observer = app.state.metrics.observe_batch  # ModelSlot hands it to batchers
     app.state.rate_limiter = RateLimiter(settings, on_limited=app.state.metrics.rate_limited_by)
@@ -182,10 +208,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model.router,
         agents.router,
         score.router,
+        contacts.router,
+        assign.router,
         labeling.router,
         users.router,
         admin.router,
+        dictionary.router,
+        experiments.router,
         metrics.router,
+        reports.router,
         pages.router,
     ):
         app.include_router(r)

@@ -20,7 +20,7 @@ def check(settings: Settings) -> None:
     from serving.store import Store, describe_url
 
     try:
-        check_policy(read_bundle(settings.model_dir), load_policy(settings.policy_file))
+        check_policy(read_bundle(settings.model_dir), load_policy(settings.policy_path()))
     except (BundleError, PolicyError, ValidationError, SwapRefused) as e:
         raise SystemExit(f"caretriage: cannot serve: {e}") from e
     store = Store(settings.database_url)

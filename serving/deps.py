@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from features.bundle import Bundle
 from features.schema import LabelSchema
 from serving.batcher import Batcher
+from serving.dictionary import Dictionary
 from serving.errors import Forbidden, ModelNotReady, Unauthorized
 from serving.labeling.accounts import CSRF_HEADER, SESSION_COOKIE, Session, fingerprint
 from serving.labeling.store import User
@@ -63,6 +64,12 @@ async def get_store(request: Request) -> Store:
 
 async def get_policy(request: Request) -> Policy:
     return _loaded(request, "policy")  # type: ignore[return-value]
+
+
+async def get_dictionary(request: Request) -> Dictionary:
+    """The prioritization dictionary this request uses from start to end (resolved once per
+    request; a replacement installs a new object, never edits this one)."""
+    return _loaded(request, "dictionary")  # type: ignore[return-value]
 
 
 async def get_workspace(request: Request) -> Workspace:
@@ -186,6 +193,7 @@ BundleDep = Annotated[Bundle, Depends(get_bundle)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 PolicyDep = Annotated[Policy, Depends(get_policy)]
+DictionaryDep = Annotated[Dictionary, Depends(get_dictionary)]
 Authorized = Depends(require_api_key)
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
 LabelSchemaDep = Annotated[LabelSchema, Depends(get_label_schema)]

@@ -1,40 +1,37 @@
 """Priority policy: turn a post's model outputs and customer context into a 0-100 score, a level
 P1-P4, a respond-by time and the reasons behind them.
 
-The numbers are a deployment's business rules, not code: they live in a YAML policy file (the
-shipped one is ``policies/default.yaml``), validated on load so that a typo fails at start-up
-with the offending key named, never silently at 3 a.m. Scoring is a pure function of its
-inputs: time comes from the post's ``created_at``, never from the clock, so a re-score of the
-same post gives the same answer.
+The numbers are a deployment's business rules, not code: they form the prioritization
+dictionary (the shipped seed is ``policies/default.yaml``; the live, versioned copy is in the
+store, ``serving/dictionary.py``), validated so that a typo is refused with the offending key
+named, never silently at 3 a.m. Scoring is a pure function of its inputs: time comes from the
+post's ``created_at`` and, for breach risk only, an explicit ``now``, never from the clock.
 
 Design choices:
 
 * The score is additive (points per factor) so every point can be explained in ``reasons``.
-* SLA per level: the channel's windows are *tightened* for urgent levels, never loosened past
-  the public promise. The level's ``factor`` (0-1] multiplies both channel windows, then
-  ``cap_minutes`` bounds the promise and ``internal_cap_minutes`` the internal target (so a P1
-  e-mail is due "within 1 h", not "within 6 h"); the internal target never falls after the
-  promise.
-* "Same business day" channels are a rule (``kind: business_day_end``), not minutes: the window
-  runs to the close of the current business day in the team's time zone, or of the next one when
-  the post arrives after the close or on a day off. Public holidays are not modelled.
+  The customer's tier adds its points and multiplies the other factors' sum; the tier's
+  reason shows both as one figure.
+* SLA windows, business hours and holidays are ``serving/sla.py``: the channel's windows are
+  tightened for urgent levels, never loosened past the public promise, and count working time.
+* Breach risk: with ``now`` given, a post that has used more than ``breach_risk_from`` of its
+  promise window gains up to ``weights.breach_risk`` points, all of them at the deadline and
+  after. The deadlines themselves stay those of the level the post earned without breach
+  risk: a promise does not move because the post waited.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Literal, Self
 
 import yaml
 from pydantic import (
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -46,8 +43,23 @@ from features.context import reach, repeat_contacts, value
 from serving.routing import RoutingPolicy
 from serving.schemas import Channel, Post, Prediction, Priority, Reason
 
-Level = Literal["P1", "P2", "P3", "P4"]
-LEVELS: tuple[Level, ...] = ("P1", "P2", "P3", "P4")
+# The SLA models lived here before serving/sla.py; re-exported for their importers.
+from serving.sla import (  # noqa: F401
+    ALWAYS_OPEN,
+    LEVELS,
+    BusinessDayEndWindow,
+    BusinessHours,
+    ChannelSla,
+    Hours,
+    Level,
+    LevelSla,
+    LevelSlas,
+    MinutesWindow,
+    Window,
+    progress,
+    window_deadlines,
+)
+
 DEFAULT_KEY = "default"
 
 
@@ -60,154 +72,9 @@ class PolicyError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- SLA windows
-
-
-def _zone(name: str) -> tzinfo:
-    """``UTC`` needs no tz database; anything else must be an IANA name."""
-    return UTC if name.upper() == "UTC" else ZoneInfo(name)
-
-
-class MinutesWindow(_Strict):
-    """A fixed window: respond within N minutes of the post."""
-
-    kind: Literal["minutes"] = "minutes"
-    minutes: float = Field(gt=0)
-
-    def deadline(self, created_at: datetime) -> datetime:
-        return created_at + timedelta(minutes=self.minutes)
-
-    def describe(self) -> str:
-        return f"{self.minutes:g} min"
-
-
-class BusinessDayEndWindow(_Strict):
-    """Respond by the close of the business day (``hour`` local time in ``tz``).
-
-    A post after the close, or on a day not in ``days`` (ISO weekdays, 1 = Monday), is due at the
-    close of the next business day.
-    """
-
-    kind: Literal["business_day_end"]
-    hour: int = Field(ge=1, le=23)
-    tz: str = "UTC"
-    days: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
-
-    @field_validator("tz")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        try:
-            _zone(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC)") from e
-        return v
-
-    @field_validator("days")
-    @classmethod
-    def _weekdays(cls, v: list[int]) -> list[int]:
-        bad = [d for d in v if not 1 <= d <= 7]
-        if bad:
-            raise ValueError(f"days are ISO weekdays 1-7 (1 = Monday); got {bad}")
-        return sorted(set(v))
-
-    def deadline(self, created_at: datetime) -> datetime:
-        zone = _zone(self.tz)
-        local = created_at.astimezone(zone)
-        day = local.date()
-        for _ in range(8):  # today plus at most a week ahead always finds a business day
-            if day.isoweekday() in self.days:
-                close = datetime(day.year, day.month, day.day, self.hour, tzinfo=zone)
-                if close > local:
-                    return close.astimezone(UTC)
-            day += timedelta(days=1)
-        raise AssertionError("unreachable: days is non-empty")  # pragma: no cover
-
-    def describe(self) -> str:
-        return f"business day end {self.hour:02d}:00 {self.tz}"
-
-
-def _window_shorthand(v: Any) -> Any:
-    """A bare number means minutes; a mapping with ``minutes`` and no ``kind`` too."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return {"kind": "minutes", "minutes": v}
-    if isinstance(v, dict) and "kind" not in v and "minutes" in v:
-        return {"kind": "minutes", **v}
-    return v
-
-
-Window = Annotated[
-    MinutesWindow | BusinessDayEndWindow,
-    BeforeValidator(_window_shorthand),
-    Field(discriminator="kind"),
-]
-
-
-class ChannelSla(_Strict):
-    """The public ``promise`` of a channel and the team's tighter ``internal`` target.
-
-    With mixed kinds (a business-day promise and a minutes target) the order cannot be checked
-    here; at scoring time the internal target is clamped to the promise.
-    """
-
-    promise: Window
-    internal: Window
-
-    @model_validator(mode="after")
-    def _internal_within_promise(self) -> Self:
-        p, i = self.promise, self.internal
-        if isinstance(p, MinutesWindow) and isinstance(i, MinutesWindow) and i.minutes > p.minutes:
-            raise ValueError(
-                f"internal ({i.minutes:g} min) is looser than promise ({p.minutes:g} min)"
-            )
-        if (
-            isinstance(p, BusinessDayEndWindow)
-            and isinstance(i, BusinessDayEndWindow)
-            and (i.tz, i.days) == (p.tz, p.days)
-            and i.hour > p.hour
-        ):
-            raise ValueError(f"internal ({i.hour}:00) is later than promise ({p.hour}:00)")
-        return self
-
-
-class LevelSla(_Strict):
-    """How a level tightens the channel's windows: × ``factor``, then at most the caps."""
-
-    factor: float = Field(gt=0, le=1)
-    cap_minutes: float | None = Field(default=None, gt=0)
-    internal_cap_minutes: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _internal_cap_within_cap(self) -> Self:
-        c, i = self.cap_minutes, self.internal_cap_minutes
-        if c is not None and i is not None and i > c:
-            raise ValueError(f"internal_cap_minutes ({i:g}) exceeds cap_minutes ({c:g})")
-        return self
-
-
-class LevelSlas(_Strict):
-    P1: LevelSla
-    P2: LevelSla
-    P3: LevelSla
-    P4: LevelSla
-
-    @model_validator(mode="after")
-    def _urgent_is_tighter(self) -> Self:
-        """A more urgent level may never get a looser window than a less urgent one."""
-        for hi, lo in itertools.pairwise(LEVELS):
-            a, b = getattr(self, hi), getattr(self, lo)
-            if a.factor > b.factor:
-                raise ValueError(f"{hi}.factor ({a.factor:g}) exceeds {lo}.factor ({b.factor:g})")
-            for cap in ("cap_minutes", "internal_cap_minutes"):
-                ca, cb = getattr(a, cap), getattr(b, cap)
-                if cb is not None and (ca is None or ca > cb):
-                    raise ValueError(f"{hi}.{cap} must be set and <= {lo}.{cap} ({cb:g})")
-        return self
-
-    def of(self, level: Level) -> LevelSla:
-        return getattr(self, level)
+    # NaN and infinities are refused: JSON (the admin API) can carry them, and a NaN weight
+    # would make every score NaN.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- priority policy
@@ -224,6 +91,55 @@ class PriorityWeights(_Strict):
     verified: float = Field(ge=0)
     repeat_contact: float = Field(ge=0)
     open_tickets: float = Field(ge=0, description="points per open ticket, up to the cap")
+    # Added with the live dictionary; 0 (off) when a policy file predates them.
+    influencer: float = Field(default=0.0, ge=0, description="flat, past influencer thresholds")
+    breach_risk: float = Field(default=0.0, ge=0, description="× nearness to the deadline")
+
+
+class Influencer(_Strict):
+    """Who counts as influential: at least ``min_followers``, or verified when
+    ``verified_counts``. Worth ``weights.influencer`` points; the router may escalate too."""
+
+    min_followers: int = Field(default=50_000, ge=1)
+    verified_counts: bool = False
+
+    def of(self, followers: int, verified: bool) -> bool:
+        return followers >= self.min_followers or (self.verified_counts and verified)
+
+
+class TierRule(_Strict):
+    """A customer tier's effect: flat ``points``, and ``multiplier`` × the sum of the post's
+    other factors (1: none). ``vip`` marks the tier as high-value for routing."""
+
+    points: float = Field(default=0.0, ge=0, le=100)
+    multiplier: float = Field(default=1.0, ge=0.5, le=3.0)
+    vip: bool = False
+
+
+class CustomerTiers(_Strict):
+    """Rules per ``customer.tier`` value (matched case-insensitively); a post with no tier or
+    an unknown one gets ``default``."""
+
+    default: TierRule = Field(default_factory=TierRule)
+    tiers: dict[str, TierRule] = Field(default_factory=dict, max_length=100)
+
+    @field_validator("tiers")
+    @classmethod
+    def _lower(cls, v: dict[str, TierRule]) -> dict[str, TierRule]:
+        out: dict[str, TierRule] = {}
+        for name, rule in v.items():
+            key = name.strip().lower()
+            if not key or len(key) > 50:
+                raise ValueError(f"tier names are 1-50 characters; got {name!r}")
+            if key in out:
+                raise ValueError(f"tier {name!r} is listed twice (names ignore case)")
+            out[key] = rule
+        return out
+
+    def of(self, tier: str | None) -> tuple[TierRule, bool]:
+        """The rule for ``tier`` and whether the tier is a known one."""
+        rule = self.tiers.get(tier.strip().lower()) if tier else None
+        return (rule, True) if rule is not None else (self.default, False)
 
 
 class TopicSeverity(_Strict):
@@ -282,6 +198,14 @@ class PriorityPolicy(_Strict):
     levels: LevelThresholds
     sla: dict[str, ChannelSla]
     level_sla: LevelSlas
+    # The team's hours (a channel's ``business_hours`` overrides): SLA minutes count only
+    # while open. Default 24/7: plain minutes, as before hours existed.
+    business_hours: Hours = Field(default_factory=lambda: ALWAYS_OPEN)
+    customer_tiers: CustomerTiers = Field(default_factory=CustomerTiers)
+    influencer: Influencer = Field(default_factory=Influencer)
+    # Share of the promise window after which breach-risk points start (all of them at the
+    # deadline).
+    breach_risk_from: float = Field(default=0.5, ge=0, lt=1)
 
     @field_validator("sla")
     @classmethod
@@ -298,13 +222,18 @@ class PriorityPolicy(_Strict):
     def channel_sla(self, channel: Channel | str) -> ChannelSla:
         return self.sla.get(str(channel)) or self.sla[DEFAULT_KEY]
 
+    def hours_for(self, channel: Channel | str) -> BusinessHours:
+        """The business hours a channel's SLA clock runs on."""
+        return self.channel_sla(channel).business_hours or self.business_hours
+
     def unknown_topic_labels(self, labels: Iterable[str]) -> list[str]:
         """Severity-map labels the model never predicts: likely typos, worth a start-up warning."""
         return sorted(set(self.topic_severity.labels) - set(labels))
 
 
 class Policy(_Strict):
-    """One policy file: prioritization and routing, versioned together."""
+    """One dictionary version: prioritization and routing, versioned together. ``version``
+    is the format (1); the dictionary's own version number is the store's."""
 
     version: Literal[1] = 1
     priority: PriorityPolicy
@@ -336,14 +265,24 @@ def load_policy(path: str | Path | None = None) -> Policy:
         raise PolicyError(f"policy {p}: cannot read: {e}") from e
     except yaml.YAMLError as e:
         raise PolicyError(f"policy {p}: not valid YAML: {e}") from e
+    return validate_policy(data, f"policy {p}")
+
+
+def validate_policy(data: object, source: str = "policy", prefix: str = "") -> Policy:
+    """Validate a policy given as data (parsed YAML or JSON). Raises :class:`PolicyError`
+    naming ``source`` and every bad key as a dotted path, each led by ``prefix``."""
     if not isinstance(data, dict):
-        raise PolicyError(f"policy {p}: expected a mapping with priority and routing keys")
+        where = prefix.rstrip(".") or "(top level)"
+        raise PolicyError(
+            f"{source}: {where}: expected a mapping with priority and routing keys",
+            fields=[prefix.rstrip(".")] if prefix else [],
+        )
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
-        problems = [(_loc(err["loc"]), err["msg"]) for err in e.errors()]
+        problems = [(prefix + _loc(err["loc"]), err["msg"]) for err in e.errors()]
         text = "; ".join(f"{k}: {m}" for k, m in problems)
-        raise PolicyError(f"policy {p}: {text}", fields=[k for k, _ in problems]) from e
+        raise PolicyError(f"{source}: {text}", fields=[k for k, _ in problems]) from e
 
 
 # --------------------------------------------------------------------------- signals
@@ -366,6 +305,7 @@ class PostSignals(BaseModel):
     verified: bool = False
     lifetime_value: float = Field(default=0.0, ge=0)
     open_tickets: int = Field(default=0, ge=0)
+    tier: str | None = None
     recent_contacts: tuple[tuple[Channel, AwareDatetime], ...] = ()
 
     @field_validator("created_at")
@@ -387,12 +327,14 @@ def signals_from(
     sentiment: Prediction,
     p_actionable: float,
     negative_labels: list[str],
+    extra_contacts: Iterable[tuple[Channel, datetime]] = (),
 ) -> PostSignals:
     """Build the signals from the API objects; P(negative) sums the negative labels' scores.
 
     ``negative_labels`` comes from the label schema (sentiment ``positive_labels``). A label
     absent from the sentiment scores means the schema and the model disagree: that raises,
-    because silently reading it as 0 would drop a whole factor.
+    because silently reading it as 0 would drop a whole factor. ``extra_contacts`` are the
+    customer's contacts from the history store, merged with those the post carries.
     """
     if not negative_labels:
         raise ValueError("negative_labels is empty: the label schema names the negative labels")
@@ -414,9 +356,11 @@ def signals_from(
         verified=author.verified if author else False,
         lifetime_value=customer.lifetime_value if customer else 0.0,
         open_tickets=customer.open_tickets if customer else 0,
-        recent_contacts=tuple((c.channel, c.at) for c in customer.recent_contacts)
-        if customer
-        else (),
+        tier=customer.tier if customer else None,
+        recent_contacts=(
+            *((c.channel, c.at) for c in (customer.recent_contacts if customer else ())),
+            *extra_contacts,
+        ),
     )
 
 
@@ -457,6 +401,17 @@ def _contributions(s: PostSignals, policy: PriorityPolicy) -> list[tuple[str, fl
 
     out.append(("verified", w.verified if s.verified else 0.0, "verified author"))
 
+    # Scaled by P(actionable): an influencer's complaint is urgent, their chatter is not work.
+    inf = policy.influencer
+    if inf.of(s.followers, s.verified):
+        why = f"{s.followers:,} followers >= {inf.min_followers:,}"
+        if s.followers < inf.min_followers:
+            why = "verified author"
+        detail = f"influencer ({why}) × P(actionable) {s.p_actionable:.2f} × {w.influencer:g}"
+        out.append(("influencer", s.p_actionable * w.influencer, detail))
+    else:
+        out.append(("influencer", 0.0, "not an influencer"))
+
     hours = policy.repeat_contact_window_hours
     window = timedelta(hours=hours)
     n = repeat_contacts(s.recent_contacts, s.created_at, s.channel, window)
@@ -485,36 +440,70 @@ def _half_up(x: float) -> int:
 def deadlines(
     created_at: datetime, channel: Channel | str, level: Level, policy: PriorityPolicy
 ) -> tuple[datetime, datetime]:
-    """(respond_by, internal_target): the channel's windows tightened for the level.
-
-    Each window is multiplied by the level's factor and bounded by its cap; the internal target
-    is then clamped to the promise (mixed window kinds can cross near a business-day close).
-    """
-    sla, lv = policy.channel_sla(channel), policy.level_sla.of(level)
-    promise = (sla.promise.deadline(created_at) - created_at) * lv.factor
-    internal = (sla.internal.deadline(created_at) - created_at) * lv.factor
-    if lv.cap_minutes is not None:
-        promise = min(promise, timedelta(minutes=lv.cap_minutes))
-    if lv.internal_cap_minutes is not None:
-        internal = min(internal, timedelta(minutes=lv.internal_cap_minutes))
-    return created_at + promise, created_at + min(internal, promise)
+    """(respond_by, internal_target): the channel's windows tightened for the level, counted
+    in the channel's business hours (``serving.sla.window_deadlines``)."""
+    return window_deadlines(
+        created_at,
+        policy.channel_sla(channel),
+        policy.level_sla.of(level),
+        policy.hours_for(channel),
+    )
 
 
-def prioritize(signals: PostSignals, policy: PriorityPolicy) -> Priority:
-    """Score one post: points per factor, clipped to 0-100; level, deadlines and reasons."""
+def _tier(s: PostSignals, subtotal: float, policy: PriorityPolicy) -> tuple[str, float, str]:
+    """The tier's points plus its multiplier's effect on the other factors' ``subtotal``."""
+    rule, known = policy.customer_tiers.of(s.tier)
+    pts = rule.points + (rule.multiplier - 1.0) * subtotal
+    name = s.tier if known else f"{s.tier or 'none'} (default)"
+    detail = f"tier {name}: {rule.points:g} + ×{rule.multiplier:g} on {subtotal:.1f}"
+    return "customer_tier", pts, detail
+
+
+def _minutes(d: timedelta) -> str:
+    return f"{d.total_seconds() / 60:,.0f} min"
+
+
+def _breach(
+    s: PostSignals, respond_by: datetime, now: datetime, policy: PriorityPolicy
+) -> tuple[str, float, str]:
+    """Points for a post nearing (or past) its respond-by time at ``now``."""
+    w, start = policy.weights.breach_risk, policy.breach_risk_from
+    share, waited, window = progress(s.created_at, respond_by, now, policy.hours_for(s.channel))
+    strength = min(1.0, max(0.0, (share - start) / (1.0 - start)))
+    if now >= respond_by:
+        what = f"respond-by passed {_minutes(now - respond_by)} ago"
+    else:
+        what = f"waited {_minutes(waited)} of {_minutes(window)} ({share:.0%})"
+    return "breach_risk", strength * w, f"{what}, from {start:.0%} × {w:g}"
+
+
+def prioritize(
+    signals: PostSignals, policy: PriorityPolicy, *, now: datetime | None = None
+) -> Priority:
+    """Score one post: points per factor, clipped to 0-100; level, deadlines and reasons.
+
+    ``now`` (the clock of the request) adds breach risk; without it the result depends on the
+    post alone. The deadlines are those of the level before breach risk."""
     parts = _contributions(signals, policy)
+    subtotal = sum(pts for _, pts, _ in parts)
+    tier = _tier(signals, subtotal, policy)
+    if tier[1] != 0.0:
+        parts.append(tier)
+    base = sum(pts for _, pts, _ in parts)
+    level = policy.levels.level(_half_up(min(100.0, max(0.0, base))))
+    respond_by, internal = deadlines(signals.created_at, signals.channel, level, policy)
+    if now is not None and policy.weights.breach_risk > 0:
+        parts.append(_breach(signals, respond_by, now.astimezone(UTC), policy))
     raw = sum(pts for _, pts, _ in parts)
     score = _half_up(min(100.0, max(0.0, raw)))
-    level = policy.levels.level(score)
-    respond_by, internal = deadlines(signals.created_at, signals.channel, level, policy)
     reasons = [
         Reason(factor=f, points=round(pts, 1), detail=f"{d} = {pts:.1f}")
         for f, pts, d in sorted(parts, key=lambda t: (-t[1], t[0]))
-        if pts > 0
+        if pts != 0
     ]
     return Priority(
         score=score,
-        level=level,
+        level=policy.levels.level(score),
         respond_by=respond_by,
         internal_target=internal,
         reasons=reasons,

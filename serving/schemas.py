@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -137,6 +137,17 @@ class Post(_Strict):
 
 class ScoreRequest(_Strict):
     posts: list[Post] = Field(min_length=1, max_length=MAX_POSTS)
+    # The clock breach risk is judged by (default: the server's): a replay or a re-score of a
+    # backlog names the moment it stands at.
+    as_of: datetime | None = Field(
+        default=None,
+        description="The time to judge SLA breach risk at; default the server clock.",
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of_utc(cls, v: datetime | None) -> datetime | None:
+        return None if v is None else _utc(v)
 
 
 class Prediction(BaseModel):
@@ -164,6 +175,9 @@ class Priority(BaseModel):
     respond_by: AwareDatetime
     internal_target: AwareDatetime
     reasons: list[Reason]
+    dictionary_version: int | None = Field(
+        default=None, description="The prioritization dictionary version that scored the post."
+    )
 
 
 class AgentMatch(BaseModel):
@@ -194,7 +208,43 @@ class ScoreResult(BaseModel):
 
 class ScoreResponse(BaseModel):
     model_version: str
+    dictionary_version: int | None = Field(
+        default=None, description="The prioritization dictionary version in force."
+    )
     results: list[ScoreResult]
+
+
+class DictionaryVersion(BaseModel):
+    """One version of the prioritization dictionary and who put it in force."""
+
+    version: int
+    created_at: AwareDatetime
+    created_by: str
+    note: str | None = None
+
+
+class DictionaryOut(DictionaryVersion):
+    dictionary: dict[str, Any] = Field(
+        description="Priority and routing rules, the keys of serving/policies/default.yaml."
+    )
+
+
+class DictionaryUpdate(_Strict):
+    """A replacement dictionary: every key (as ``GET`` returns it), validated as a whole."""
+
+    dictionary: dict[str, Any] = Field(
+        description="The full dictionary: priority and routing (see GET /v1/admin/dictionary)."
+    )
+    note: Stored | None = Field(default=None, max_length=500)
+    expected_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Refuse (409) unless this version is still in force: no lost updates.",
+    )
+
+
+class DictionaryHistory(BaseModel):
+    versions: list[DictionaryVersion]
 
 
 class AgentStatus(StrEnum):

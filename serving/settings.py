@@ -51,8 +51,14 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, repr=False)
     model_dir: Path = Field(default_factory=default_model_dir)
     database_url: str = "sqlite:///./caretriage.db"
-    # Priority/routing policy YAML; default: the one shipped with the package.
-    policy_file: Path = Field(default_factory=_default_policy_file)
+    # Priority/routing policy YAML; default: the served bundle's own ``policy.yaml`` (a
+    # deployment's bundle carries the policy naming its topics), else the one shipped with the
+    # package. It seeds the prioritization dictionary when the store is empty or the file
+    # changed since it last did; otherwise the store's newest version is in force and
+    # PUT /v1/admin/dictionary replaces it (serving/dictionary.py).
+    policy_file: Path | None = None
+    # How often each process looks for a dictionary version another process stored.
+    dictionary_poll_seconds: float = Field(default=5.0, gt=0)
     # Per-task confidence under which a prediction is flagged uncertain (shown, not applied);
     # a task not listed never abstains.
     abstain_below: dict[str, float] = Field(
@@ -163,6 +169,51 @@ class Settings(BaseSettings):
     # are offered the served model's labels and tasks united with this file's, so a topic
     # the team adds is labeled before any model knows it. Unset: the served schema alone.
     label_schema: Path | None = None
+
+    # -- customer context and casework (serving/contacts.py, serving/assignments.py) --
+    # Contacts recorded through POST /v1/contacts are kept this many days, at most this many
+    # (the newest) per customer; a handle link not renewed within the retention is dropped.
+    contact_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    contact_max_per_customer: int = Field(default=200, ge=1, le=100_000)
+    # POST /v1/assign ranks by expected CSAT, expected speed, or the dictionary's mix of both
+    # (routing.weights), times spare capacity and skill (serving/dispatch.py).
+    routing_objective: Literal["csat", "speed", "mix"] = "mix"
+    # Agents below this skill on the post's topic are never assigned it (0: any skill > 0).
+    routing_skill_floor: float = Field(default=0.0, ge=0, lt=1)
+    # Fairness over the last ``routing_fairness_window`` assignments, once at least
+    # ``routing_fairness_min_sample`` are recorded: an agent above ``max_share`` of them is
+    # assigned only if nobody else can take the post, one below ``min_share`` goes first.
+    routing_max_share: float = Field(default=0.3, gt=0, le=1)
+    routing_min_share: float = Field(default=0.01, ge=0, le=1)
+    routing_fairness_window: int = Field(default=200, ge=1, le=100_000)
+    routing_fairness_min_sample: int = Field(default=20, ge=1, le=100_000)
+    # Strongly negative posts from high-value (a VIP tier, or lifetime value from
+    # ``routing_high_value``) or influential customers go to agents whose estimated CSAT on
+    # the topic is in this top share.
+    routing_top_band: float = Field(default=0.25, gt=0, le=1)
+    routing_high_value: float = Field(default=5000.0, ge=0)
+    # Learned performance (serving/performance.py): how many cases the prior (declared figure,
+    # else the team) is worth, how far back feedback counts, how long estimates are cached
+    # (feedback through this process refreshes them at once).
+    performance_prior_strength: float = Field(default=5.0, ge=0, le=10_000)
+    performance_window_days: float = Field(default=90.0, gt=0, le=3650)
+    performance_refresh_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fair_shares(self) -> Self:
+        if self.routing_min_share > self.routing_max_share:
+            raise SettingsError(
+                f"CARETRIAGE_ROUTING_MIN_SHARE ({self.routing_min_share:g}) exceeds "
+                f"CARETRIAGE_ROUTING_MAX_SHARE ({self.routing_max_share:g})"
+            )
+        return self
+
+    def policy_path(self) -> Path:
+        """The policy file in force: the setting, else the bundle's, else the shipped one."""
+        if self.policy_file is not None:
+            return self.policy_file
+        own = self.model_dir / "policy.yaml"
+        return own if own.is_file() else _default_policy_file()
 
     @field_validator("api_keys", "cors_origins", "admin_keys", mode="before")
     @classmethod

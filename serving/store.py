@@ -58,6 +58,18 @@ agents_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# Every version of the prioritization dictionary ever put in force (serving/dictionary.py);
+# the highest version is the live one. Rows are never updated: the history is the audit trail.
+dictionary_table = Table(
+    "dictionary_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("body", Json, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("note", String(500), nullable=True),
+)
+
 _AGENT_FIELDS = [c.name for c in agents_table.columns if c.name != "updated_at"]
 _SQLITE_BUSY_MS = 5000
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -71,6 +71,20 @@ def onnx_bundle(tmp_path_factory) -> Path:
     return build_onnx_bundle(tmp_path_factory.mktemp("onnx_bundle") / "tiny")
 
 
+def migration_head() -> str:
+    """The newest Alembic revision in serving/migrations (each issue may add one)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from serving.store import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 PG_URL = os.environ.get(

@@ -63,8 +63,8 @@ def test_defaults_do_not_depend_on_cwd(monkeypatch, tmp_path):
     s = Settings(api_keys=[KEY])
     repo = Path(__file__).resolve().parent.parent
     assert s.model_dir == repo / "models" / "caretriage-minilm"
-    assert s.policy_file == default_policy_path()
-    assert s.policy_file.is_file()
+    assert s.policy_file is None and s.policy_path() == default_policy_path()
+    assert s.policy_path().is_file()
     assert (s.host, s.port, s.cors_origins) == ("127.0.0.1", 8000, [])
     assert s.database_url == "sqlite:///./caretriage.db"
     assert s.intra_op_threads == 0

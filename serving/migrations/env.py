@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from alembic import context
 
-import serving.labeling.tables  # noqa: F401  (registers the labeling tables on the metadata)
+# Imported to register their tables on the metadata (labeling; contacts and casework).
+import serving.labeling.tables
+import serving.tables  # noqa: F401
 from serving.store import metadata
 
 config = context.config

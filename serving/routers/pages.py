@@ -1,6 +1,7 @@
 """Server-rendered pages of the labeling workspace: sign-in, the labeling page, the stats,
-review and accounts pages. Templates and assets ship in the package (no CDN, no build step);
-the pages' script talks to the JSON API in ``serving.routers.labeling``.
+review and accounts pages; and the managers' reports page (``/reports``). Templates and assets
+ship in the package (no CDN, no build step); the pages' scripts talk to the JSON API
+(``serving.routers.labeling``, ``serving.routers.reports``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PAGES = {
     "/label/stats": ("stats.html", "lead", "Agreement and progress"),
     "/label/review": ("review.html", "lead", "Review"),
     "/label/users": ("users.html", "admin", "Accounts"),
+    "/reports": ("reports.html", "lead", "Reports"),
 }
 
 

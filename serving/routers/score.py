@@ -14,14 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
 from features.bundle import Bundle
-from features.schema import TASK_NAMES, LabelSchema
+from features.schema import LabelSchema
 from serving import priority, routing
+from serving.contacts import ContactAt
 from serving.deps import (
     Authorized,
     BatcherDep,
     BundleDep,
+    DictionaryDep,
     MetricsDep,
-    PolicyDep,
     RateLimits,
     SettingsDep,
     StoreDep,
@@ -29,16 +30,14 @@ from serving.deps import (
 from serving.errors import ValidationFailed, responses
 from serving.inference import Scorer
 from serving.labeling.intake import incoming, pool_items
-from serving.schemas import (
-    Actionable,
-    Agent,
-    Prediction,
-    Route,
-    ScoreRequest,
-    ScoreResponse,
-    ScoreResult,
-)
+from serving.routers.contacts import history_for
+from serving.schemas import ScoreRequest, ScoreResponse, ScoreResult
 from serving.settings import Settings
+from serving.triage import compiled_roster, predictions, triage
+
+# ``predictions`` and ``compiled_roster`` live in the triage core; imported here for callers of
+# their old place.
+__all__ = ["build_results", "compiled_roster", "predictions", "router"]
 
 log = logging.getLogger("caretriage.serving")
 router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Authorized])
@@ -46,24 +45,6 @@ router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Authorized])
 # Requests of at most this many posts get their priority and routes computed on the event loop
 # (about half a millisecond a post); bigger ones go to the thread pool so the loop stays free.
 INLINE_RESULT_POSTS = 4
-
-
-def predictions(labels: list[str], probs: np.ndarray, abstain_below: float) -> list[Prediction]:
-    """Per row of ``probs`` (posts x labels): the argmax label, flagged uncertain (shown, not to
-    be applied) under the task's threshold. One pass over the batch: per-post NumPy calls cost
-    more than the arithmetic at 32 posts a request."""
-    best = probs.argmax(axis=1)
-    confidence = probs[np.arange(len(probs)), best].tolist()
-    scores = probs.tolist()
-    return [
-        Prediction(
-            label=labels[b],
-            confidence=round(c, 4),
-            scores={lab: round(p, 4) for lab, p in zip(labels, row, strict=True)},
-            uncertain=c < abstain_below,
-        )
-        for b, c, row in zip(best.tolist(), confidence, scores, strict=True)
-    ]
 
 
 def check_unique_ids(request: ScoreRequest) -> None:
@@ -89,61 +70,25 @@ def build_results(
     policy: priority.Policy,
     roster: routing.Roster,
     settings: Settings,
+    *,
+    now: datetime | None = None,
+    dictionary_version: int | None = None,
+    contacts: Sequence[Sequence[ContactAt]] | None = None,
 ) -> list[ScoreResult]:
-    """Pure assembly of the response from model outputs, policy and the roster compiled for
-    its routing policy (unit-testable)."""
-    actionability = schema.task("actionability")
-    positive = [actionability.index(lab) for lab in actionability.positive_labels]
-    negative_labels = schema.task("sentiment").positive_labels
-    per_task = {
-        t: predictions(schema.task(t).labels, probs[t], settings.abstain_below.get(t, 0.0))
-        for t in schema.names
-        if t in probs
-    }
-    further = [t for t in per_task if t not in TASK_NAMES]
-    p_actionable_all = np.minimum(1.0, probs["actionability"][:, positive].sum(axis=1)).tolist()
-    results = []
-    for i, post in enumerate(request.posts):
-        preds = {t: per_task[t][i] for t in TASK_NAMES}
-        p_actionable = p_actionable_all[i]
-        signals = priority.signals_from(
-            post, preds["topic"], preds["sentiment"], p_actionable, negative_labels
-        )
-        prio = priority.prioritize(signals, policy.priority)
-        matches = roster.rank(
-            topic=preds["topic"].label,
-            topic_confidence=signals.topic_confidence,
-            p_negative=signals.p_negative,
-            priority=prio,
-        )
-        results.append(
-            ScoreResult(
-                id=post.id,
-                topic=preds["topic"],
-                sentiment=preds["sentiment"],
-                actionability=preds["actionability"],
-                actionable=Actionable(
-                    label=p_actionable >= settings.actionable_threshold,
-                    probability=round(p_actionable, 4),
-                ),
-                priority=prio,
-                route=Route(agents=matches),
-                tasks={t: per_task[t][i] for t in further},
-            )
-        )
-    return results
-
-
-def compiled_roster(
-    state: State, agents: Sequence[Agent], policy: routing.RoutingPolicy
-) -> routing.Roster:
-    """The roster snapshot compiled for routing, kept in the app state while the store hands
-    out the same snapshot (compiling costs a pass over every agent; ranking a post then costs
-    array operations only)."""
-    cached: routing.Roster | None = getattr(state, "compiled_roster", None)
-    if cached is None or cached.source is not agents or cached.policy is not policy:
-        cached = state.compiled_roster = routing.Roster(agents, policy)
-    return cached
+    """The request's results from the triage core, with the service's thresholds and, per
+    post, the customer's recorded contacts (``serving/contacts.py``)."""
+    return triage(
+        request.posts,
+        probs,
+        schema,
+        policy,
+        roster,
+        actionable_threshold=settings.actionable_threshold,
+        abstain_below=settings.abstain_below,
+        now=now,
+        contacts=contacts,
+        dictionary_version=dictionary_version,
+    )
 
 
 def sample_for_labeling(
@@ -204,7 +149,7 @@ async def score(
     batcher: BatcherDep,
     store: StoreDep,
     bundle: BundleDep,
-    policy: PolicyDep,
+    dictionary: DictionaryDep,
     settings: SettingsDep,
     limits: RateLimits,
     metrics: MetricsDep,
@@ -215,23 +160,34 @@ async def score(
     texts = [p.text for p in body.posts]
     if batcher.verdict(len(texts)).admit:  # posts the queue refuses (503) are not charged
         await limits.charge_posts(request, len(texts))  # 429 past the key's posts per window
+    policy = dictionary.policy
     agents = store.cached_roster(settings.roster_max_age)
+    # The customers' recorded contacts: one query for all posts (none if no post names a
+    # customer or a handle), read while the model runs.
+    lookup = history_for(request.app.state, body.posts, policy)
     if agents is None:
-        probs, agents = await asyncio.gather(
-            batcher.submit(texts), run_in_threadpool(store.roster, settings.roster_max_age)
+        probs, agents, contacts = await asyncio.gather(
+            batcher.submit(texts), run_in_threadpool(store.roster, settings.roster_max_age), lookup
         )
     else:
-        probs = await batcher.submit(texts)
+        probs, contacts = await asyncio.gather(batcher.submit(texts), lookup)
     metrics.observe_scored(bundle.schema_, probs)
     roster = compiled_roster(request.app.state, agents, policy.routing)
     args = (body, probs, bundle.schema_, policy, roster, settings)
+    clock = {
+        "now": body.as_of or datetime.now(UTC),
+        "dictionary_version": dictionary.version,
+        "contacts": contacts,
+    }
     if len(texts) <= INLINE_RESULT_POSTS:
-        results = build_results(*args)
+        results = build_results(*args, **clock)
     else:
-        results = await run_in_threadpool(build_results, *args)
+        results = await run_in_threadpool(lambda: build_results(*args, **clock))
     if settings.label_traffic_share > 0:
         sample_for_labeling(request.app.state, body, probs, bundle, batcher.scorer)
-    response = ScoreResponse(model_version=bundle.meta.version, results=results)
+    response = ScoreResponse(
+        model_version=bundle.meta.version, dictionary_version=dictionary.version, results=results
+    )
     # Serialized here, once: handing FastAPI the model would dump it to a dict and validate that
     # again against ``response_model`` (which stays declared for the OpenAPI schema).
     return Response(response.model_dump_json(), media_type="application/json")
