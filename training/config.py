@@ -311,6 +311,9 @@ class TrainConfig(BaseModel):
     # pretrained encoder: every weight is kept, and a head whose task gained labels keeps its
     # rows for the labels it had (matched by name) and starts the new ones fresh.
     init_from: Path | None = None
+    # The deployment's priority policy (topic severities naming its labels), copied into the
+    # bundle as policy.yaml: a server given only the bundle scores with it.
+    policy: Path | None = None
     # Floors and the champion margin the bundle is gated on when it is registered.
     gate: QualityGate = Field(default_factory=QualityGate)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
@@ -337,7 +340,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     else:
         data = json.loads(text)
     base = p.resolve().parent
-    for key in ("label_schema", "init_from", "output_dir"):
+    for key in ("label_schema", "init_from", "output_dir", "policy"):
         if key in data:
             data[key] = _resolve(base, data[key])
     d = data.get("data") or {}

@@ -204,6 +204,8 @@ def export_and_register(
     mlflow.log_metrics({f"export.int8_agreement.{t}": v for t, v in report.int8_agreement.items()})
     mlflow.log_metrics(flatten(report.int8_metrics, "int8."))
     write_model_card(out, cfg, report.int8_metrics, report)
+    if cfg.policy is not None:  # serving reads it when no policy file is configured
+        shutil.copyfile(cfg.policy, out / "policy.yaml")
     if report.failures:
         mlflow.set_tag("export_gate_failures", "; ".join(report.failures)[:5000])
         log.warning("export checks failed: %s", report.failures)
