@@ -293,3 +293,35 @@ def test_raw_client_reconnects_to_a_server_that_closes_and_reports_no_server(
         gone, [b"{}"], posts_per_request=1, clients=2, max_requests=4, max_seconds=5, desc="x"
     )
     assert res.failures == 4 and not res.latencies_s
+
+
+def test_choose_quick_two_bundles(tmp_path: Path) -> None:
+    """Both bundles timed on the same posts; the first is the 1.00x reference, and a bundle
+    with other topic labels is still benched, its labels flagged."""
+    from benchmarks import choose
+    from features.schema import LabelSchema, default_schema_path
+    from tests._tiny_onnx import build_onnx_bundle
+
+    schema = LabelSchema.load(default_schema_path())
+    other = schema.model_dump()
+    for task in other["tasks"]:
+        if task["name"] == "topic":
+            task["labels"] = ["card_lost", "refund", "transfer"]
+    first = build_onnx_bundle(tmp_path / "a")
+    second = build_onnx_bundle(
+        tmp_path / "b", seed=1, dim=32, schema=LabelSchema.model_validate(other)
+    )
+    out = tmp_path / "choose.json"
+    argv = ["--quick", "--bundle", str(first), "--bundle", str(second), "--out", str(out)]
+    assert choose.main(argv) == 0
+    r = json.loads(out.read_text())
+    rows = r["bundles"]
+    assert [row["path"] for row in rows] == [str(first), str(second)]
+    for row in rows:
+        _positive_numbers(row["batch_32"], "posts_per_s", "posts")
+        _positive_numbers(row["batch_1"], "p50_ms", "p95_ms")
+        assert row["size_mb"] > 0 and row["b32_vs_first"] > 0
+        assert row["metrics"]["sentiment_macro_f1"] == 0.0  # what the tiny bundle records
+    assert rows[0]["b32_vs_first"] == 1.0
+    assert (rows[0]["labels_differ"], rows[1]["labels_differ"]) == ([], ["topic"])
+    assert r["machine"]["cpu_model"] and "cpu_flags" in r["machine"]
