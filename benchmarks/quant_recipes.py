@@ -30,7 +30,7 @@ from benchmarks.workload import load_workload  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from training.config import default_data_dir
-    from training.export import RECIPES
+    from training.export.recipes import RECIPES
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,15 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import PreTrainedTokenizerFast
 
     from features.bundle import read_bundle
-    from training import export as ex
+    from training.export.gate import agreement, batch_flip_rate
+    from training.export.recipes import apply_recipe
+    from training.export.runtime import feeds, ort_predictor, session
 
     args = parse_args(argv)
     bundle = read_bundle(args.fp32_bundle)
     meta, schema = bundle.meta, bundle.schema_
     tok = PreTrainedTokenizerFast(tokenizer_file=str(bundle.tokenizer_path), pad_token="[PAD]")
     texts = load_workload(args.data_dir, args.posts, normalizer=meta.normalizer).texts
-    b32, _ = ex.feeds(tok, texts, meta.max_length, 32)
-    b1, _ = ex.feeds(tok, texts[: args.posts_b1], meta.max_length, 1)
+    b32, _ = feeds(tok, texts, meta.max_length, 32)
+    b1, _ = feeds(tok, texts[: args.posts_b1], meta.max_length, 1)
 
     def rate(sess, batches, rounds: int) -> float:
         for feed in batches[:3]:
@@ -77,20 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in tqdm(args.recipes, desc="building recipes", unit="recipe"):
             # Calibrated recipes calibrate on the workload's own posts here (the export uses
             # validation posts): fine for cost, optimistic for agreement.
-            graphs[name], _ = ex.apply_recipe(
-                bundle.onnx_path, Path(tmp) / f"{name}.onnx", name, b32
-            )
+            graphs[name], _ = apply_recipe(bundle.onnx_path, Path(tmp) / f"{name}.onnx", name, b32)
         ref = None
         for name, path in tqdm(graphs.items(), desc="measuring", unit="graph"):
-            sess = ex.session(path, threads=args.threads)
-            predict = ex.ort_predictor(sess, tok, schema, meta.max_length)
+            sess = session(path, threads=args.threads)
+            predict = ort_predictor(sess, tok, schema, meta.max_length)
             logits = predict(texts)
             ref = ref or logits
             res = {
                 "b1_posts_per_s": round(rate(sess, b1, 1), 1),
                 "b32_posts_per_s": round(rate(sess, b32, 2), 1),
-                "agreement": ex.agreement(ref, logits),
-                "batch_flip_rate": ex.batch_flip_rate(predict, texts[:200], schema),
+                "agreement": agreement(ref, logits),
+                "batch_flip_rate": batch_flip_rate(predict, texts[:200], schema),
                 "mb": round(path.stat().st_size / 2**20, 2),
             }
             out[name] = res

@@ -1,6 +1,6 @@
 """The in-process variants, each a ``texts -> outputs`` callable built from the project's own
 code: the PyTorch pipeline baseline, ONNX Runtime fp32 and int8 through the export checks'
-predictor (``training.export.ort_predictor``), and the serving ``Scorer``."""
+predictor (``training.export.runtime.ort_predictor``), and the serving ``Scorer``."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def export_fp32(base_model: str, bundle: Bundle, workdir: Path, seed: int = 0) -
     import torch
     from transformers.utils import logging as hf_logging
 
-    from training.export import centered_rms_layer_norms, export_onnx, optimize
+    from training.export.graph import centered_rms_layer_norms, export_onnx, optimize
     from training.model import MultiTaskModel
 
     hf_logging.set_verbosity_error()
@@ -110,9 +110,9 @@ def bundle_hf_tokenizer(bundle: Bundle) -> Any:
 def ort_variant(
     key: str, label: str, onnx_path: Path, bundle: Bundle, tokenizer: Any, threads: int = 0
 ) -> Variant:
-    """An ONNX graph behind ``training.export.ort_predictor``: length-sorted batches padded to
-    the longest member, raw logits (the runtime alone, no serving code)."""
-    from training.export import ort_predictor, session
+    """An ONNX graph behind ``training.export.runtime.ort_predictor``: length-sorted batches
+    padded to the longest member, raw logits (the runtime alone, no serving code)."""
+    from training.export.runtime import ort_predictor, session
 
     sess = session(onnx_path, threads)
     predict = ort_predictor(sess, tokenizer, bundle.schema_, bundle.meta.max_length, batch_size=32)

@@ -41,22 +41,20 @@ def tiny_model(schema):
 def tiny_bundle(tmp_path_factory, schema, tiny_corpus, tiny_model) -> Path:
     """A real int8 bundle folder exported from the tiny random model (gate relaxed: a random
     model has no accuracy to preserve; parity is still checked)."""
-    from training.export import ExportGate, build_bundle
+    from training.export.bundle import build_bundle
+    from training.export.config import ExportConfig
+    from training.export.gate import ExportGate
 
     model, tokenizer = tiny_model
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    build_bundle(
-        model,
-        tokenizer,
-        schema,
-        tiny_corpus,
-        out,
+    config = ExportConfig(
         name="tiny",
         base_model="random-tiny-bert",
         max_length=64,
         temperatures={"topic": 1.0, "sentiment": 1.5, "actionability": 1.0},
         gate=ExportGate(int8_min_agreement=0.0, int8_max_metric_drop=100.0),
     )
+    build_bundle(model, tokenizer, schema, tiny_corpus, out, config)
     return out
 
 

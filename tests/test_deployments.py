@@ -219,7 +219,7 @@ def test_the_banking77_deployment_trains_and_exports_end_to_end(data_dir, tmp_pa
     pytest.importorskip("torch")
     pytest.importorskip("mlflow")
     from features.bundle import read_bundle
-    from training.export import ExportGate
+    from training.export.gate import ExportGate
     from training.pipeline import run
 
     cfg = load_train_config(BANKING / "train.yaml")

@@ -54,7 +54,7 @@ def test_the_graph_blend_computes_the_reference(tiny_bundle, tmp_path, schema):
     feature at all (its expert logits are the intercepts) included."""
     import onnxruntime as ort
 
-    from training.export import output_names
+    from training.export.graph import output_names
 
     rng = np.random.default_rng(1)
     vocab = np.sort(rng.choice(np.arange(1000, 5000), size=300, replace=False))
@@ -142,15 +142,12 @@ def test_build_bundle_blends_an_expert_where_validation_earns_it(
     import onnx
 
     from features.bundle import read_bundle
-    from training.export import ExportGate, build_bundle
+    from training.export.bundle import build_bundle
+    from training.export.config import ExportConfig
+    from training.export.gate import ExportGate
 
     model, tokenizer = tiny_model
-    report = build_bundle(
-        model,
-        tokenizer,
-        schema,
-        tiny_corpus,
-        tmp_path / "b",
+    config = ExportConfig(
         name="tiny",
         base_model="random-tiny-bert",
         max_length=64,
@@ -159,6 +156,7 @@ def test_build_bundle_blends_an_expert_where_validation_earns_it(
         lexical=LexicalConfig(tasks=["topic"]),
         precision="fp32",
     )
+    report = build_bundle(model, tokenizer, schema, tiny_corpus, tmp_path / "b", config)
     assert report.passed, report.failures
     meta = read_bundle(tmp_path / "b").meta
     assert list(meta.lexical["tasks"]) == ["topic"]

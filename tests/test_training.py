@@ -13,7 +13,7 @@ pytest.importorskip("mlflow")
 
 from features.bundle import read_bundle
 from training.config import TrainConfig
-from training.export import ExportGate
+from training.export.gate import ExportGate
 from training.tracking import CHAMPION, QualityGate
 from training.train import length_grouped_batches
 
@@ -91,6 +91,13 @@ def test_pipeline_logs_registers_and_gates(tiny_cfg, tiny_corpus, tmp_path):
     assert {"config.json", "plots", "bundle", "metrics"} <= arts
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{res.run_id}/config.json"))
     assert logged["epochs"] == 1 and logged["tiny"] is True
+    # The export's settings are logged whole beside its report, the gate it ran under included.
+    export = json.loads(mlflow.artifacts.load_text(f"runs:/{res.run_id}/export/config.json"))
+    assert export["name"] == "tiny-test" and export["base_model"] == "tiny"
+    assert export["precision"] == "int8" and export["strict"] is False
+    assert export["gate"]["int8_min_agreement"] == 0.0
+    assert export["gate"]["recipes"] == list(ExportGate().recipes)
+    assert export["normalizer"] == "tweet-v1" and export["lexical"]["tasks"] == ["topic"]
     assert b.meta.normalizer == "tweet-v1"  # the default
     # The same job under a gate it passes moves the alias to the new version; the bundle
     # records the configured normalizer, which serving then applies.
@@ -143,7 +150,9 @@ def test_class_weights_favour_rare_classes(mode, expect_rare_heavier):
 def test_weight_only_int8_keeps_outputs_and_shrinks_weights(tiny_model, tmp_path):
     import numpy as np
 
-    from training.export import export_onnx, recipe_nodes, session, weight_only_int8
+    from training.export.graph import export_onnx, recipe_nodes
+    from training.export.quantize import weight_only_int8
+    from training.export.runtime import session
 
     model, tokenizer = tiny_model
     fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
@@ -165,7 +174,9 @@ def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path)
     import onnx
     from onnx import numpy_helper
 
-    from training.export import export_onnx, session, weight_only_int8
+    from training.export.graph import export_onnx
+    from training.export.quantize import weight_only_int8
+    from training.export.runtime import session
 
     model, tokenizer = tiny_model
     fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
@@ -198,7 +209,7 @@ def test_blockwise_int8_rounds_each_block_to_its_own_scale(tiny_model, tmp_path)
 def _fused_graph(tiny_model, path):
     """The tiny encoder exported and fused by ONNX Runtime's transformer optimizer, as the
     export does before quantizing."""
-    from training.export import export_onnx, optimize
+    from training.export.graph import export_onnx, optimize
 
     model, tokenizer = tiny_model
     cfg = model.encoder.config
@@ -214,7 +225,9 @@ def test_gather_before_dequantize_keeps_the_embedding_table_int8_and_outputs_exa
     import numpy as np
     import onnx
 
-    from training.export import feeds, gather_before_dequantize, session, weight_only_int8
+    from training.export.graph import gather_before_dequantize
+    from training.export.quantize import weight_only_int8
+    from training.export.runtime import feeds, session
 
     _, tokenizer = tiny_model
     q = _fused_graph(tiny_model, tmp_path / "q.onnx")
@@ -282,7 +295,8 @@ def test_training_keeps_the_best_validated_weights(tiny_cfg, tiny_corpus):
     """With selection on, the kept weights are the epoch/kind with the best validation score,
     and re-validating them reproduces that score."""
     from training.evaluate import evaluate
-    from training.train import make_predictor, selection_score, train
+    from training.predict import make_predictor
+    from training.train import selection_score, train
 
     cfg = tiny_cfg.model_copy(update={"epochs": 2, "ema_decay": 0.9})
     trained = train(cfg, tiny_corpus)
@@ -311,7 +325,7 @@ def test_gptq_rounding_moves_layer_outputs_less_than_nearest():
     the same int8 grid."""
     import numpy as np
 
-    from training.export import gptq_int8
+    from training.export.quantize import gptq_int8
 
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(64, 64))
@@ -336,14 +350,11 @@ def test_gptq_rounding_moves_layer_outputs_less_than_nearest():
 def test_calibrated_recipe_builds_a_close_int8_graph(tiny_model, tmp_path):
     import numpy as np
 
-    from training.export import (
-        apply_recipe,
-        export_onnx,
-        feeds,
-        input_hessians,
-        session,
-        weight_only_int8,
-    )
+    from training.export.calibrate import input_hessians
+    from training.export.graph import export_onnx
+    from training.export.quantize import weight_only_int8
+    from training.export.recipes import apply_recipe
+    from training.export.runtime import feeds, session
 
     model, tokenizer = tiny_model
     fp32 = export_onnx(model, tmp_path / "m.onnx", tokenizer.pad_token_id)
@@ -389,17 +400,11 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
     import numpy as np
     import onnx
 
-    from training.export import (
-        RECIPES,
-        feeds,
-        input_hessians,
-        layer_norm_fed,
-        per_token_int8,
-        quantize,
-        row_zero_points,
-        session,
-        smoothing_factors,
-    )
+    from training.export.calibrate import input_hessians, row_zero_points, smoothing_factors
+    from training.export.graph import layer_norm_fed
+    from training.export.quantize import per_token_int8, quantize
+    from training.export.recipes import RECIPES
+    from training.export.runtime import feeds, session
 
     model, tokenizer = tiny_model
     cfg = model.encoder.config
@@ -478,7 +483,7 @@ def test_per_token_int8_is_close_to_fp32_and_batch_invariant(tiny_model, tmp_pat
 def test_best_zero_point(low_shares, expected):
     import numpy as np
 
-    from training.export import best_zero_point
+    from training.export.calibrate import best_zero_point
 
     z = best_zero_point(np.array(low_shares))
     assert expected[0] <= z <= expected[1]
@@ -542,7 +547,7 @@ def test_teacher_probs_average_bundles_and_refuse_a_mismatch(tiny_bundle, tiny_c
     from features.calibration import softmax
     from features.text import DEFAULT_NORMALIZER, NORMALIZERS
     from training.distill import TeacherMismatch, teacher_probs
-    from training.export import ort_predictor, session
+    from training.export.runtime import ort_predictor, session
 
     bundle = read_bundle(tiny_bundle)
     texts = list(tiny_corpus["train"]["text"])[:50]
@@ -661,7 +666,8 @@ def test_centred_rms_layer_norms_replace_layer_norms_exactly(tiny_model, tmp_pat
     import numpy as np
     import onnx
 
-    from training.export import centered_rms_layer_norms, feeds, session
+    from training.export.graph import centered_rms_layer_norms
+    from training.export.runtime import feeds, session
 
     model, tokenizer = tiny_model
     cfg = model.encoder.config
@@ -695,7 +701,7 @@ def test_model_card_says_when_the_recipe_missed_the_validation_margin(
     checks still gate it); the card must not claim it was chosen by that margin."""
     import shutil
 
-    from training.export import ExportReport
+    from training.export.gate import ExportReport
     from training.pipeline import write_model_card
 
     b = tmp_path / "b"

@@ -239,6 +239,13 @@ class DistillConfig(BaseModel):
     # Weight of the soft-target loss; the label loss gets 1 - alpha.
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     temperature: float = Field(default=2.0, gt=0.0)
+    # Tasks whose soft targets also teach on the training rows that lack the task's label
+    # (a complaints tweet has no sentiment label, an airline tweet no actionability label):
+    # the teacher's view of in-domain text the labels never covered. Empty: soft targets
+    # teach only where labels would.
+    unlabeled_tasks: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]] = Field(
+        default_factory=list
+    )
 
 
 class LexicalConfig(BaseModel):
@@ -294,6 +301,14 @@ class TrainConfig(BaseModel):
     class_weight: dict[str, Literal["none", "sqrt_inv", "inv"]] = Field(
         default_factory=lambda: {"topic": "sqrt_inv"}
     )
+    # Mixed precision of the forward and backward passes: "bf16" autocasts matmuls to
+    # bfloat16 (fast only where the CPU has AMX or AVX-512 BF16); "auto" picks bf16 on such a
+    # CPU and fp32 elsewhere. Weights, optimizer state and the loss stay fp32.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # Per-epoch training state (weights, optimizer, schedule, averages, random states) is
+    # written here; a run started again with the same folder and config continues after the
+    # last finished epoch instead of starting over (None: no resumable state).
+    resume_dir: Path | None = None
     distill: DistillConfig | None = None
     # Per-task TF-IDF experts blended into the exported graph (None: the transformer alone).
     lexical: LexicalConfig | None = Field(default_factory=LexicalConfig)
@@ -340,12 +355,15 @@ def load_train_config(path: str | Path) -> TrainConfig:
     else:
         data = json.loads(text)
     base = p.resolve().parent
-    for key in ("label_schema", "init_from", "output_dir", "policy"):
+    for key in ("label_schema", "init_from", "output_dir", "policy", "resume_dir"):
         if key in data:
             data[key] = _resolve(base, data[key])
     d = data.get("data") or {}
     if "data_dir" in d:
         d["data_dir"] = _resolve(base, os.path.expandvars(str(d["data_dir"])))
+    dist = data.get("distill")
+    if isinstance(dist, dict) and isinstance(dist.get("teachers"), list):
+        dist["teachers"] = [_resolve(base, t) for t in dist["teachers"]]
     if isinstance(d.get("human"), dict) and "path" in d["human"]:
         d["human"]["path"] = _resolve(base, d["human"]["path"])
     return TrainConfig.model_validate(data)

@@ -19,6 +19,7 @@ from features.bundle import read_bundle
 from features.calibration import softmax
 from features.schema import LabelSchema
 from training.data import IGNORE
+from training.export.runtime import ort_predictor, session
 
 
 class TeacherMismatch(ValueError):
@@ -58,8 +59,6 @@ def teacher_probs(
     with the same tasks and labels, and (when ``held_out`` is given) without those complaints
     folds, or it is refused by name."""
     from transformers import PreTrainedTokenizerFast
-
-    from training.export import ort_predictor, session
 
     total: dict[str, np.ndarray] = {}
     for path in teachers:
@@ -103,11 +102,13 @@ def distill_loss(
     soft: torch.Tensor,
     rows: torch.Tensor,
     temperature: float,
+    unlabeled: bool = False,
 ) -> torch.Tensor:
     """KL(teacher || student) at ``temperature``, times temperature² (so its gradients keep
     the scale of the label loss, Hinton et al. 2015), the row-weighted mean over the rows
-    labelled for the task: a task's soft targets teach only where its labels would."""
-    keep = target != IGNORE
+    labelled for the task (a task's soft targets teach only where its labels would), or over
+    every row when ``unlabeled`` (the teacher also teaches on rows the labels left out)."""
+    keep = torch.ones_like(target, dtype=torch.bool) if unlabeled else target != IGNORE
     log_q = torch.log_softmax(logits / temperature, dim=-1)
     kl = (soft * (torch.log(soft.clamp(min=1e-12)) - log_q)).sum(-1)
     w = rows * keep

@@ -18,10 +18,13 @@ from features.text import NORMALIZERS
 from training.config import TrainConfig
 from training.data import load_corpus
 from training.evaluate import confusion_figure, eval_sets, evaluate, reliability_figure
-from training.export import ExportGate
+from training.export.bundle import build_bundle
+from training.export.config import ExportConfig
+from training.export.gate import ExportGate
 from training.human_labels import HOLDOUT, HumanSnapshot, load_human, merge_human
+from training.predict import make_predictor
 from training.tracking import QualityGate, flatten, log_config, register_bundle, setup
-from training.train import make_predictor, save_checkpoint, train
+from training.train import save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,15 @@ def run(
     t0 = time.time()
     schema, corpus, snap = prepare(cfg, corpus)
     mlflow = setup(cfg.tracking_uri, cfg.experiment)
-    with mlflow.start_run(run_name=f"{cfg.name}-{'+'.join(cfg.data.tasks)}") as active:
+    # A resumed run continues its MLflow run too, so its epochs stay one curve.
+    run_file = cfg.resume_dir / "mlflow_run_id" if cfg.resume_dir else None
+    resume_id = run_file.read_text().strip() if run_file and run_file.is_file() else None
+    with mlflow.start_run(
+        run_id=resume_id, run_name=f"{cfg.name}-{'+'.join(cfg.data.tasks)}"
+    ) as active:
+        if run_file is not None:
+            run_file.parent.mkdir(parents=True, exist_ok=True)
+            run_file.write_text(active.info.run_id)
         log_config(mlflow, cfg)
         mlflow.log_dict({k: len(v) for k, v in corpus.items()}, "data/rows_per_split.json")
         if snap is not None:
@@ -143,9 +154,9 @@ def run(
                 corpus,
                 out,
                 bundle_dir,
+                export_config_for(trained, gate=export_gate),
                 training=training,
                 gate=gate,
-                export_gate=export_gate,
                 torch_predict=predict,
             )
         secs = time.time() - t0
@@ -161,12 +172,11 @@ def export_and_register(
     corpus,
     out: Path,
     bundle_dir: Path | None,
+    export_config: ExportConfig,
     *,
     training: dict,
     gate: QualityGate | None = None,
-    export_gate: ExportGate | None = None,
     torch_predict=None,
-    precision: str = "int8",
     allow_export_failures: bool = False,
 ) -> tuple[dict | None, bool]:
     """Export the trained model to a checked bundle inside the active MLflow run, register it,
@@ -176,26 +186,18 @@ def export_and_register(
     human decision, recorded in bundle.json and the model card); the quality gate still
     decides the champion alias.
     """
-    from training.export import build_bundle
-
     cfg = trained.config
+    # Logged first, whole: an export that fails still records what it was asked to do.
+    mlflow.log_dict(export_config.model_dump(mode="json"), "export/config.json")
     report = build_bundle(
         trained.model,
         trained.tokenizer,
         trained.schema,
         corpus,
         out,
-        name=cfg.name,
-        base_model="tiny" if cfg.tiny else base_model_name(cfg.base_model),
-        max_length=cfg.max_length,
-        temperatures=trained.temperatures,
+        export_config,
         training=training,
-        gate=export_gate,
         torch_predict=torch_predict,
-        precision=precision,
-        strict=False,
-        normalizer=cfg.data.normalizer,
-        lexical=cfg.lexical,
     )
     mlflow.log_dict(report.to_dict(), "export/report.json")
     mlflow.log_metrics(
@@ -226,6 +228,25 @@ def export_and_register(
     elif bundle_dir:
         log.warning("a gate failed: %s left unchanged; the bundle is at %s", bundle_dir, out)
     return registry, bool(bundle_dir and passed)
+
+
+def export_config_for(
+    trained, *, precision: str = "int8", gate: ExportGate | None = None
+) -> ExportConfig:
+    """The export settings of a trained run, from its config: never strict, since the gates
+    here decide what ships (and ``allow_export_failures`` may overrule the export checks)."""
+    cfg = trained.config
+    return ExportConfig(
+        name=cfg.name,
+        base_model="tiny" if cfg.tiny else base_model_name(cfg.base_model),
+        max_length=cfg.max_length,
+        temperatures=trained.temperatures,
+        precision=precision,
+        strict=False,
+        normalizer=cfg.data.normalizer,
+        lexical=cfg.lexical,
+        gate=gate or ExportGate(),
+    )
 
 
 def base_model_name(path: str) -> str:
@@ -277,10 +298,13 @@ def export_checkpoint(
             corpus,
             out,
             bundle_dir,
+            export_config_for(
+                trained,
+                precision=precision,
+                gate=ExportGate(recipes=recipes) if recipes else None,
+            ),
             training=training,
-            precision=precision,
             allow_export_failures=allow_export_failures,
-            export_gate=ExportGate(recipes=recipes) if recipes else None,
         )
     return registry, shipped, out
 

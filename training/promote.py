@@ -12,8 +12,8 @@ The alias moves only if the candidate meets the gate's floors, no task's compare
 falls more than ``promotion.max_drop`` points below the champion's, and the human slice's mean
 macro-F1 holds (within ``promotion.human_tolerance``). Then the serving pointer file is
 rewritten atomically, so a server started with ``CARETRIAGE_MODEL_POINTER`` swaps to the
-candidate by itself. Scoring uses ONNX Runtime directly (``training.export``): training never
-imports serving.
+candidate by itself. Scoring uses ONNX Runtime directly (``training.export.runtime``): training
+never imports serving.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def bundle_predictor(bundle: Bundle) -> Predictor:
     """texts (normalized as the bundle was trained) -> logits per task, from its ONNX graph."""
     from transformers import PreTrainedTokenizerFast
 
-    from training.export import ort_predictor, session
+    from training.export.runtime import ort_predictor, session
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(bundle.tokenizer_path))
     tok.pad_token = tok.convert_ids_to_tokens(bundle.meta.pad_token_id)

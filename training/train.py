@@ -20,8 +20,11 @@ from features.schema import LabelSchema
 from training.config import TrainConfig
 from training.data import IGNORE
 from training.distill import distill_loss, teacher_probs
-from training.evaluate import Logits, eval_sets, evaluate, fit_temperature
+from training.encoders import resolve_base_model
+from training.evaluate import eval_sets, evaluate, fit_temperature
 from training.model import MultiTaskModel
+from training.predict import collate, make_predictor
+from training.resume import EpochState, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
 
@@ -59,40 +62,10 @@ def length_grouped_batches(
     return batches
 
 
-def collate(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), n), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return input_ids, mask
-
-
-def make_predictor(model: MultiTaskModel, tokenizer, max_length: int, batch_size: int = 64):
-    """texts -> logits per task, in input order (length-sorted batches inside)."""
-
-    @torch.inference_mode()
-    def predict(texts: Sequence[str]) -> Logits:
-        model.eval()
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        order = np.argsort([len(x) for x in enc], kind="stable")
-        out: dict[str, list[np.ndarray]] = {n: [] for n in model.schema.names}
-        for s in range(0, len(order), batch_size):
-            ids, mask = collate([enc[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
-            for n, v in model(ids, mask).items():
-                out[n].append(v.float().numpy())
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
-        return {n: np.concatenate(v)[inv] for n, v in out.items()}
-
-    return predict
-
-
 def load_tokenizer(cfg: TrainConfig):
     if cfg.init_from is not None:
         return AutoTokenizer.from_pretrained(resolve_checkpoint(cfg.init_from) / "tokenizer")
-    return AutoTokenizer.from_pretrained(cfg.base_model)
+    return AutoTokenizer.from_pretrained(resolve_base_model(cfg.base_model))
 
 
 def build_model(cfg: TrainConfig, schema: LabelSchema, tokenizer) -> MultiTaskModel:
@@ -102,7 +75,24 @@ def build_model(cfg: TrainConfig, schema: LabelSchema, tokenizer) -> MultiTaskMo
         return MultiTaskModel.tiny(schema, vocab_size=len(tokenizer), seed=cfg.seed)
     # From the pretrained encoder every head is new, so a task that gained labels
     # (``--add-labels``) simply gets a head with the longer label list.
-    return MultiTaskModel.from_pretrained(cfg.base_model, schema, dropout=cfg.dropout)
+    return MultiTaskModel.from_pretrained(
+        resolve_base_model(cfg.base_model), schema, dropout=cfg.dropout
+    )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16): elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    """``TrainConfig.precision`` resolved on this machine."""
+    return precision == "bf16" or (precision == "auto" and cpu_has_bf16())
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -251,6 +241,12 @@ def train(
         else None
     )
 
+    soft_tasks = set(cfg.distill.unlabeled_tasks) if cfg.distill else set()
+    if soft_tasks - set(schema.names):
+        raise ValueError(
+            f"distill.unlabeled_tasks names {sorted(soft_tasks - set(schema.names))}, which the "
+            f"label schema lacks; its tasks: {schema.names}"
+        )
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
     enc_params = [
         p for n, p in model.named_parameters() if not n.startswith("heads.") and p.requires_grad
@@ -267,6 +263,8 @@ def train(
     predict = make_predictor(model, tokenizer, cfg.max_length)
     history: list[dict[str, float]] = []
     best: tuple[float, str, dict[str, torch.Tensor]] | None = None
+    bf16 = use_bf16(cfg.precision)
+    log.info("training precision: %s", "bf16 autocast" if bf16 else "fp32")
 
     # Only the trained tasks are validated: a single-task run skips the others' rows, and a run
     # whose tasks have no validation rows (actionability alone) skips validation altogether.
@@ -287,7 +285,21 @@ def train(
             if k != "n"
         }
 
-    for epoch in range(1, cfg.epochs + 1):
+    start = 1
+    state = load_state(cfg.resume_dir, cfg) if cfg.resume_dir else None
+    if state is not None:
+        model.load_state_dict(state.model)
+        opt.load_state_dict(state.optimizer)
+        sched.load_state_dict(state.scheduler)
+        if ema is not None and state.ema is not None:
+            ema.steps = state.ema["steps"]
+            for s, v in zip(ema.shadow, state.ema["shadow"], strict=True):
+                s.copy_(v)
+        best, history = state.best, state.history
+        restore_rng(rng, state)
+        start = state.epoch + 1
+
+    for epoch in range(start, cfg.epochs + 1):
         model.train()
         batches = length_grouped_batches(lengths, cfg.batch_size, rng)
         running = {t: 0.0 for t in schema.names}
@@ -295,15 +307,23 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
         for b in bar:
             ids, mask = collate([enc[i] for i in b], tokenizer.pad_token_id)
-            out = model(ids, mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(ids, mask)
+            out = {t: v.float() for t, v in out.items()}
             loss = torch.zeros(())
             for t in schema.names:
                 y = labels[t][b]
-                if (y != IGNORE).any():
+                soft_everywhere = t in soft_tasks
+                if (y != IGNORE).any() or soft_everywhere:
                     lt = loss_fns[t](out[t], y, row_weights[b])
                     if soft is not None and cfg.distill is not None:
                         kd = distill_loss(
-                            out[t], y, soft[t][b], row_weights[b], cfg.distill.temperature
+                            out[t],
+                            y,
+                            soft[t][b],
+                            row_weights[b],
+                            cfg.distill.temperature,
+                            unlabeled=soft_everywhere,
                         )
                         lt = (1 - cfg.distill.alpha) * lt + cfg.distill.alpha * kd
                     loss = loss + cfg.task_weights.get(t, 1.0) * lt
@@ -338,6 +358,23 @@ def train(
             ema.swap()
         history.append(row)
         log.info("epoch %d: %s", epoch, json.dumps(row))
+        # The state first: a callback that stops the run (or fails) must not lose the epoch.
+        if cfg.resume_dir:
+            save_state(
+                cfg.resume_dir,
+                cfg,
+                EpochState(
+                    epoch=epoch,
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(),
+                    ema={"steps": ema.steps, "shadow": ema.shadow} if ema is not None else None,
+                    best=best,
+                    history=history,
+                    rng=rng.getstate(),
+                    torch_rng=torch.get_rng_state(),
+                ),
+            )
         if on_epoch:
             on_epoch(epoch, row)
 
