@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser run test test-slow train teacher-encoder teacher student bench soak lint clean
+.PHONY: setup browser run test test-slow train teacher-encoder teacher student bench soak fuzz lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -83,6 +83,12 @@ MINUTES ?= 10
 STORE ?= sqlite
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes $(MINUTES) --store $(STORE)
+
+# Not in `make test`: schemathesis, every check, against the running server on SQLite and
+# PostgreSQL (FUZZ_STORE=sqlite|postgresql|both); writes benchmarks/results/fuzz.json.
+FUZZ_STORE ?= both
+fuzz: $(STAMP)
+	$(PY) -m benchmarks.fuzz --store $(FUZZ_STORE)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -1,8 +1,10 @@
 """The FastAPI application. ``create_app`` builds it; nothing happens at import.
 
 The lifespan loads everything heavy once (bundle, ONNX session, policy, store), warms the model
-and starts the batcher; routes receive them through ``serving.deps``. Run with
-``uvicorn --factory serving.app:app_factory`` or ``caretriage serve``.
+and starts the batcher; routes receive them through ``serving.deps``. Run with ``caretriage
+serve``, or ``uvicorn --factory serving.app:app_factory`` with the flags the README's "Under
+another server" gives: every limit that can live in an ASGI app (rate limits, body size and
+time, admission) is here; header size and time need ``serving.protocol``'s HTTP protocol.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +29,7 @@ from serving.contacts import ContactStore
 from serving.deps import check_auth_first
 from serving.dictionary import DictionarySlot
 from serving.dictionary import follow as follow_dictionary
-from serving.errors import BodyLimitMiddleware, install_error_handlers
+from serving.errors import BodyLimitMiddleware, install_error_handlers, responses
 from serving.experiment_store import ExperimentStore
 from serving.labeling.workspace import Workspace
 from serving.logs import (
@@ -55,6 +59,7 @@ from serving.routers import (
     score,
     users,
 )
+from serving.schemas import UploadRequest
 from serving.served import ModelSlot, follow, load_served
 from serving.settings import Settings
 from serving.store import Store
@@ -133,6 +138,7 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             )
         bundle = served.bundle
         log.info("serving %s %s from %s", bundle.meta.name, bundle.meta.version, bundle.path)
+        _log_bounds(settings, getattr(state, "http_protocol", None))
         scrape = None
         if settings.metrics_port is not None:
             scrape = start_metrics_server(state.metrics, settings.host, settings.metrics_port)
@@ -152,6 +158,28 @@ def _make_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncConte
             state.contacts = state.casework = state.experiments = None
 
     return lifespan
+
+
+def _log_bounds(settings: Settings, protocol: str | None) -> None:
+    """Say at start-up which request bounds hold: the app's own always, the header bounds only
+    when ``caretriage serve`` installed ``serving.protocol`` (any other server: the first
+    request tells, see ``BodyLimitMiddleware``)."""
+    body = f"bodies {settings.max_body_bytes} bytes within {settings.body_timeout_seconds:g} s"
+    if protocol is not None:
+        log.info(
+            "request bounds: headers %d bytes within %g s, %s (%s)",
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            body,
+            protocol,
+        )
+    else:
+        log.info(
+            "request bounds: %s (the app); header size and time are bounded only by "
+            "serving.protocol's HTTP protocol, which the first request will show (a warning "
+            "if it is not this server's)",
+            body,
+        )
 
 
 async def _upkeep(
@@ -176,6 +204,48 @@ async def _upkeep(
             log.exception("labeling upkeep failed; retrying")
 
 
+# Paths whose admin-key check counts wrong keys against the client (429 once past the brake).
+_ADMIN_KEYED = ("/v1/admin/", "/metrics")
+
+
+def _complete_openapi(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """What the routes cannot declare themselves, added to the OpenAPI document: ``models``
+    (and those they nest) as components, since a route that parses its body itself names its
+    schema by reference only and a reference to a missing component left that body
+    undocumented; and the answers of the middleware, which every route can give: 408 and 413
+    where there is a body, 429 where a key is checked (rate limits, the wrong-key brake)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for cls in models:
+            schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, nested in schema.pop("$defs", {}).items():
+                components.setdefault(name, nested)
+            components.setdefault(cls.__name__, schema)
+        for path, operations in doc.get("paths", {}).items():
+            for op in operations.values():
+                codes = [408, 413] if "requestBody" in op else []
+                if op.get("security") or path.startswith(_ADMIN_KEYED):
+                    codes.append(429)
+                for code, entry in responses(*codes).items():
+                    op.setdefault("responses", {}).setdefault(
+                        str(code),
+                        {
+                            "description": entry["description"],
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                                }
+                            },
+                        },
+                    )
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment). Loading happens in the
     lifespan, i.e. when the server (or a ``TestClient`` context) starts, not here."""
@@ -191,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.http_protocol = None  # "serving.protocol" when caretriage serve installs it
     app.state.api_keys = settings.api_key_bytes()
     app.state.auth_first = check_auth_first
     app.state.bundle = app.state.policy = app.state.scorer = None
@@ -221,9 +292,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(r)
     pages.mount_static(app)
+    _complete_openapi(app, [UploadRequest])  # POST /v1/labeling/items reads JSON itself
     # Added last = outermost: ids first, then the size limit before anything reads the body.
     app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_seconds,
+    )
     # Over the queue deadline, /v1/score is refused from its headers, before its body is read.
     app.add_middleware(AdmissionMiddleware, state=app.state)
     if settings.cors_origins:
@@ -241,5 +317,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_factory() -> FastAPI:
-    """For ``uvicorn --factory serving.app:app_factory``: settings from the environment."""
-    return create_app()
+    """For ``uvicorn --factory serving.app:app_factory``: settings from the environment, checked
+    and logged as ``caretriage serve`` does (one line, no traceback, for a bad bundle or an
+    unreachable store; the service's log format, and no uvicorn access log, which names paths
+    with their query: customer ids and handles)."""
+    from serving.cli import check
+    from serving.logs import configure
+    from serving.settings import SettingsError
+
+    try:
+        settings = Settings()
+    except SettingsError as e:
+        raise SystemExit(f"caretriage: {e}") from e
+    configure(settings.log_level, settings.log_format)
+    check(settings)
+    return create_app(settings)

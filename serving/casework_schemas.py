@@ -8,35 +8,55 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serving.schemas import (
     MAX_TEXT,
     AgentMatch,
     Channel,
+    ChannelName,
     LabelName,
     Post,
     ScoreResult,
     Stored,
+    Timestamp,
     _Strict,
     _utc,
 )
 
 Id = Annotated[Stored, Field(min_length=1, max_length=200)]
+# A handle has a character besides blanks and "@" (JSON Schema patterns search the string).
+HANDLE_PATTERN = {"pattern": r"[^\s@]"}
+
+
+def _one_of_given(*names: str, **extra: object) -> ConfigDict:
+    """Document "at least one of ``names``" (checked by a validator) in the JSON Schema, so
+    the OpenAPI document admits no body the API refuses for it."""
+    return ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [n], "properties": {n: {"not": {"type": "null"}, **extra}}}
+                for n in names
+            ]
+        }
+    )
 
 
 class ContactIn(_Strict):
     """One contact with a customer on any channel, keyed by the customer's id, a social
     handle, or both (which also links the handle to the customer)."""
 
+    model_config = _one_of_given("customer_id", "handle")
+
     customer_id: Id | None = None
     handle: Id | None = Field(
         default=None,
         validate_default=True,
         description="A social handle (with or without @; case is ignored).",
+        json_schema_extra=HANDLE_PATTERN,
     )
-    channel: Channel
-    at: datetime
+    channel: ChannelName
+    at: Timestamp
     id: Id | None = Field(
         default=None, description="The contact's id where it came from: retries count once."
     )
@@ -57,7 +77,7 @@ class HandleLink(_Strict):
     """A social handle that belongs to a customer: its posts are merged with that customer's
     contact history."""
 
-    handle: Id
+    handle: Id = Field(json_schema_extra=HANDLE_PATTERN)
     customer_id: Id
 
     @field_validator("handle")
@@ -69,6 +89,8 @@ class HandleLink(_Strict):
 
 
 class ContactsIn(_Strict):
+    model_config = _one_of_given("contacts", "links", minItems=1)
+
     contacts: list[ContactIn] = Field(default_factory=list, max_length=1000)
     links: list[HandleLink] = Field(default_factory=list, max_length=1000, validate_default=True)
 
@@ -104,7 +126,7 @@ class AssignRequest(_Strict):
         default=None,
         description="This post's result from /v1/score, to assign without scoring it again.",
     )
-    as_of: datetime | None = Field(
+    as_of: Timestamp | None = Field(
         default=None, description="The clock for breach risk when scoring; default now."
     )
 
@@ -150,7 +172,7 @@ class FeedbackIn(_Strict):
         default=None, description="Needed only for a post not assigned through /v1/assign."
     )
     first_response_minutes: float | None = Field(default=None, ge=0, le=525_600)
-    first_response_at: datetime | None = Field(
+    first_response_at: Timestamp | None = Field(
         default=None, description="Instead of minutes: when the first answer went out."
     )
     resolved: bool | None = None

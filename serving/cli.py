@@ -80,6 +80,7 @@ def serve(settings: Settings | None = None) -> None:
     _configure_logging(settings)
     check(settings)
     app = create_app(settings)
+    app.state.http_protocol = "serving.protocol"  # the http= below: header bounds hold
     print(
         f"caretriage: serving {settings.model_dir} on {settings.url} (docs {settings.url}/docs)",
         flush=True,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.schemas import ErrorBody
 
 log = logging.getLogger("caretriage.serving")
+
+# The ASGI scope extension ``serving.protocol`` puts on every request it parses, with its
+# header-size and header/body-time limits: how the app knows those limits hold.
+PROTOCOL_BOUNDS = "caretriage.protocol_bounds"
 
 # How many field errors the message spells out, and how many paths ``fields`` lists.
 _MESSAGE_ERRORS = 5
@@ -125,7 +131,8 @@ class Overloaded(ApiError):
 
 
 class RequestTimeout(ApiError):
-    """Sent by ``serving.protocol`` when a request's headers or body arrive too slowly."""
+    """Sent by ``serving.protocol`` when a request's headers or body arrive too slowly, or by
+    ``BodyLimitMiddleware`` for a slow body under a server without that protocol."""
 
     status_code = 408
     error = "request_timeout"
@@ -155,9 +162,11 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting our error body for ``codes``."""
     text = {
         401: "Missing or invalid API key (or, on labeling routes, not signed in).",
+        408: "The request body arrived too slowly (CARETRIAGE_BODY_TIMEOUT_SECONDS).",
         403: "Signed in, but the role does not allow this.",
         409: "Conflicts with the item's state (e.g. answered already).",
-        429: "Too many attempts; retry after the Retry-After header.",
+        429: "Too many requests for this key, or wrong keys from this client; retry after "
+        "the Retry-After header.",
         404: "No such resource.",
         413: "Request body too large.",
         422: "Invalid request; `fields` names each field at fault.",
@@ -177,6 +186,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
         MethodNotAllowed,
         PayloadTooLarge,
         ValidationFailed,
+        RequestTimeout,
     )
 }
 
@@ -339,26 +349,50 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unhandled)
 
 
+def protocol_bounds(scope: Scope) -> dict[str, Any] | None:
+    """The header and body limits the server's HTTP protocol enforces on this request
+    (``serving.protocol``), or None under a server without them (a bare ``uvicorn``)."""
+    return (scope.get("extensions") or {}).get(PROTOCOL_BOUNDS)
+
+
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered.
+    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered, and bodies
+    slower than ``timeout_s`` with 408, whatever server runs the app.
 
     Checks Content-Length up front, and counts streamed (chunked) bodies as they arrive, so a
-    client cannot make the server hold more than the limit in memory.
+    client cannot make the server hold more than the limit in memory. The time limit counts
+    from the request's start while the app waits for more of its body; where the server's
+    protocol bounds bodies itself (``serving.protocol``, which also covers bodies the app never
+    reads) it is left to it. The first request without that protocol logs, once, that header
+    size and time are unbounded.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 0.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self._told = False
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"body: request body exceeds {self.max_bytes} bytes", fields=["body"]
         )
 
+    def _warn_unguarded(self) -> None:
+        self._told = True
+        log.warning(
+            "request headers are not bounded in size or time: this server's HTTP protocol "
+            "is not serving.protocol's (run `caretriage serve`, or uvicorn with "
+            "`--http serving.protocol:SettingsGuardedProtocol`); bodies are bounded by the app"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        guarded = protocol_bounds(scope) is not None
+        if not guarded and not self._told:
+            self._warn_unguarded()
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -369,16 +403,34 @@ class BodyLimitMiddleware:
                     await error_response(self._too_large())(scope, receive, send)
                     return
         received = 0
+        more = True
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 and not guarded else 0
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def bounded_receive() -> Message:
+            nonlocal received, more
+            if deadline and more:
+                try:
+                    with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                        message = await receive()
+                except TimeoutError:
+                    # As an HTTPException, for the reason given below; "Connection: close"
+                    # makes the server drop the connection instead of reading on.
+                    raise StarletteHTTPException(
+                        408,
+                        f"the request body did not arrive within {self.timeout_s:g} s",
+                        headers={"Connection": "close"},
+                    ) from None
+            else:
+                message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
                 if received > self.max_bytes:
                     # An HTTPException passes through FastAPI's body reading untouched and is
                     # rendered by the handler above as payload_too_large.
                     raise StarletteHTTPException(413, self._too_large().message)
+            elif message["type"] == "http.disconnect":
+                more = False
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, bounded_receive, send)

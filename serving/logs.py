@@ -10,8 +10,9 @@ table and constraint; the locations and kinds of validation errors). ``one_error
 answers an unhandled error with one such record and a bare 500; Starlette would re-raise it for
 the server to log a second time, with the raw text.
 
-``configure`` (called by ``caretriage serve``) installs one handler for the service's loggers
-and uvicorn's; ``CARETRIAGE_LOG_FORMAT=json`` makes it write one JSON object per line.
+``configure`` (called by ``caretriage serve`` and ``serving.app.app_factory``) installs one
+handler for the service's loggers and uvicorn's; ``CARETRIAGE_LOG_FORMAT=json`` makes it write
+one JSON object per line.
 """
 
 from __future__ import annotations
@@ -213,6 +214,12 @@ def configure(level: str, fmt: str, stream: Any = None) -> logging.Handler:
     logging.getLogger("caretriage").setLevel(level.upper())
     logging.getLogger("uvicorn").setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # AccessLogMiddleware replaces uvicorn's access log, which names the raw path and query
+    # (customer ids, handles). Without handlers uvicorn skips it (``--no-access-log``), also
+    # when uvicorn, not ``caretriage serve``, configured logging first.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
     return handler
 
 

@@ -17,7 +17,12 @@ open for 45 s by trickling partial headers. :func:`guarded_protocol` makes a sub
   and drops what the client still sends for up to ``LINGER_S``, so the client reads the answer
   instead of a reset.
 
-Cut-offs are logged as a rate (``serving.admission.RateLog``), one line per interval.
+Cut-offs are logged as a rate (``serving.admission.RateLog``), one line per interval. Each
+request's scope carries the limits under ``serving.errors.PROTOCOL_BOUNDS``, so the app knows
+whether it runs under this protocol (``GET /v1/model``'s ``protocol_bounds``; a warning at
+the first request without it). ``caretriage serve`` builds the class from its settings; under
+another launcher, ``uvicorn --http serving.protocol:SettingsGuardedProtocol`` reads them from
+the environment.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.admission import RateLog
-from serving.errors import ApiError, HeadersTooLarge, RequestTimeout
+from serving.errors import PROTOCOL_BOUNDS, ApiError, HeadersTooLarge, RequestTimeout
 
 log = logging.getLogger("caretriage.serving")
 
@@ -103,6 +108,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
+        extensions[PROTOCOL_BOUNDS] = {
+            "max_header_bytes": self.max_header_bytes,
+            "header_timeout_s": self.header_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+        }
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
@@ -205,3 +216,26 @@ def guarded_protocol(
             "cutoffs": RateLog(log, CUTOFF_MESSAGE),
         },
     )
+
+
+class SettingsGuardedProtocol(GuardedHttpToolsProtocol):
+    """For a server started without ``caretriage serve``:
+    ``uvicorn --factory serving.app:app_factory --http serving.protocol:SettingsGuardedProtocol``.
+    The limits are ``CARETRIAGE_MAX_HEADER_BYTES``, ``HEADER_TIMEOUT_SECONDS`` and
+    ``BODY_TIMEOUT_SECONDS``, read when the first connection is made (uvicorn imports the class
+    by name, so nothing can pass them in; the app factory has already refused bad settings)."""
+
+    cutoffs: ClassVar[RateLog] = RateLog(log, CUTOFF_MESSAGE)
+    _configured: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if not cls._configured:
+            from serving.settings import Settings
+
+            settings = Settings()
+            cls.max_header_bytes = settings.max_header_bytes
+            cls.header_timeout_s = settings.header_timeout_seconds
+            cls.body_timeout_s = settings.body_timeout_seconds
+            cls._configured = True
+        super().__init__(*args, **kwargs)

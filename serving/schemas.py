@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+)
 
 MAX_POSTS = 256
 MAX_TEXT = 5000
@@ -17,6 +26,9 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
 # Counts stay within what every store's INTEGER column holds (PostgreSQL's is 32-bit).
 MAX_COUNT = 1_000_000
+# Ids and versions a request names (item ids, dictionary versions): PostgreSQL's INTEGER. A
+# larger one made PostgreSQL raise "integer out of range", a 500, where SQLite found nothing.
+MAX_SERIAL = 2**31 - 1
 
 
 class Channel(StrEnum):
@@ -77,6 +89,22 @@ def _storable(v: object) -> object:
     return v
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso(v: object) -> object:
+    # pydantic reads a number, or a string of one, as Unix seconds: `"as_of": 0` scored posts
+    # as of 1970, `to=0.5` reported on 1969. A timestamp is ISO 8601 text (or a datetime).
+    if isinstance(v, datetime) or (isinstance(v, str) and _ISO_DATE.match(v)):
+        return v
+    raise ValueError("must be ISO 8601 text, e.g. 2026-11-23T08:10:00Z (not a number of seconds)")
+
+
+# A timestamp in a request: ISO 8601 text, naive read as UTC (``_utc``). Lax inside the strict
+# request models, since JSON has no datetime type and FastAPI validates the parsed JSON.
+Timestamp = Annotated[datetime, Strict(False), BeforeValidator(_iso)]
+
+
 # Every string a request carries is ``Text`` (valid Unicode) or ``Stored`` (also no NUL: what
 # the store keeps: agent ids, names, topics, labels, notes). Constraints go in the field's
 # ``Field(...)``, or before the validator in an ``Annotated``, so pydantic applies them to the
@@ -88,9 +116,13 @@ Minutes = Annotated[float, Field(ge=0.0)]
 
 
 class _Strict(BaseModel):
-    # NaN and infinities are refused (Python's JSON parser accepts NaN and Infinity): they
-    # made routing scores NaN and were stored as null, i.e. lost.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """Base of every request body. NaN and infinities are refused (Python's JSON parser
+    accepts NaN and Infinity): they made routing scores NaN and were stored as null, i.e. lost.
+    Values are strict: JSON's type must be the schema's (``false`` is not a CSAT of 0.0, ``0``
+    not ``"disabled": false``, ``"5"`` not a number); only timestamps (``Timestamp``) and
+    enums (``ChannelName``), which JSON can only carry as text, are read from strings."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Author(_Strict):
@@ -99,9 +131,13 @@ class Author(_Strict):
     verified: bool = False
 
 
+# An enum field of a request: its value as JSON text.
+ChannelName = Annotated[Channel, Strict(False)]
+
+
 class Contact(_Strict):
-    channel: Channel
-    at: datetime
+    channel: ChannelName
+    at: Timestamp
 
     _tz = field_validator("at")(_utc)
 
@@ -120,8 +156,8 @@ class Post(_Strict):
     id: Stored = Field(min_length=1, max_length=200)
     # The pattern documents the blank check below in the schema (JSON Schema patterns search).
     text: Stored = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra={"pattern": r"\S"})
-    channel: Channel = Channel.twitter
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    channel: ChannelName = Channel.twitter
+    created_at: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
     author: Author | None = None
     customer: Customer | None = None
 
@@ -139,7 +175,7 @@ class ScoreRequest(_Strict):
     posts: list[Post] = Field(min_length=1, max_length=MAX_POSTS)
     # The clock breach risk is judged by (default: the server's): a replay or a re-score of a
     # backlog names the moment it stands at.
-    as_of: datetime | None = Field(
+    as_of: Timestamp | None = Field(
         default=None,
         description="The time to judge SLA breach risk at; default the server clock.",
     )
@@ -239,6 +275,7 @@ class DictionaryUpdate(_Strict):
     expected_version: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SERIAL,
         description="Refuse (409) unless this version is still in force: no lost updates.",
     )
 
@@ -264,7 +301,7 @@ class Agent(_Strict):
     skills: dict[Stored, Unit] = Field(default_factory=dict)
     capacity: int = Field(default=10, ge=1, le=1000)
     caseload: int = Field(default=0, ge=0, le=MAX_COUNT)
-    status: AgentStatus = AgentStatus.online
+    status: Annotated[AgentStatus, Strict(False)] = AgentStatus.online
     # Measured share of satisfied customers per topic, 0-1 (a topic absent: no measurement).
     csat: dict[Stored, Unit] = Field(default_factory=dict)
     # Measured median first-response minutes per topic (absent: no measurement).
@@ -301,6 +338,12 @@ class ModelInfo(BaseModel):
     # None for a bundle that records no self-check.
     self_check: SelfCheckResult | None = None
     queued_posts: int = Field(default=0, description="Posts waiting for the model right now.")
+    protocol_bounds: bool = Field(
+        default=False,
+        description="Whether this server bounds request headers in size and time "
+        "(MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS): `caretriage serve`, or uvicorn with "
+        "`--http serving.protocol:SettingsGuardedProtocol`. Bodies are bounded either way.",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -405,7 +448,7 @@ class AnswerResult(BaseModel):
 class UploadPost(_Strict):
     text: Stored = Field(min_length=1, max_length=MAX_TEXT)
     id: Stored | None = Field(default=None, max_length=200)
-    channel: Channel | None = None
+    channel: ChannelName | None = None
     author: Author | None = None
     customer: Customer | None = None
 

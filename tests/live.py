@@ -89,10 +89,13 @@ class LiveServer:
         database_url: str | None = None,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        uvicorn_args: Sequence[str] | None = None,
     ) -> None:
         """``workdir`` holds the log (``server.log``) and, unless ``database_url`` is given,
         the SQLite store (``live.db``); without one a temporary folder is made, and removed
-        on a clean exit from the ``with`` block."""
+        on a clean exit from the ``with`` block. ``uvicorn_args`` starts the app the bare way
+        instead, ``uvicorn --factory serving.app:app_factory`` on the same host and port with
+        these further arguments (``[]``: none), as a deployment without the CLI would."""
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="caretriage-live-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,7 @@ class LiveServer:
             "CARETRIAGE_PORT": str(self.port),
             **(env or {}),
         }
+        self.uvicorn_args = None if uvicorn_args is None else list(uvicorn_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
@@ -153,7 +157,7 @@ class LiveServer:
         self._log.write(f"----- live server start #{self.starts} on {self.url}\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "caretriage_cli", "serve"],
+            self.command(),
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,  # never pytest's stdin (CI runs with none)
@@ -163,6 +167,23 @@ class LiveServer:
         )
         self._wait_ready(timeout)
         return self
+
+    def command(self) -> list[str]:
+        """The server's command line: ``caretriage serve``, or the bare uvicorn factory."""
+        if self.uvicorn_args is None:
+            return [sys.executable, "-m", "caretriage_cli", "serve"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "serving.app:app_factory",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            *self.uvicorn_args,
+        ]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -173,6 +173,7 @@ def app_client(onnx_bundle, tmp_path_factory) -> Iterator[TestClient]:
         model_dir=onnx_bundle,
         database_url=f"sqlite:///{tmp / 'admission.db'}",
         max_queue=300,
+        queue_deadline_ms=1000,  # the figures below assume a 1 s deadline, not the default
     )
     with TestClient(create_app(s)) as c:
         yield c

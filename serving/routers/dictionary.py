@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving import dictionary as dic
 from serving.deps import AdminOnly, DictionaryDep, StoreDep
 from serving.errors import Conflict, ModelNotReady, NotFound, ValidationFailed, responses
 from serving.priority import PolicyError
-from serving.schemas import DictionaryHistory, DictionaryOut, DictionaryUpdate, DictionaryVersion
+from serving.schemas import (
+    MAX_SERIAL,
+    DictionaryHistory,
+    DictionaryOut,
+    DictionaryUpdate,
+    DictionaryVersion,
+)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -63,10 +71,12 @@ async def list_versions(who: AdminOnly, store: StoreDep) -> DictionaryHistory:
 @router.get(
     "/dictionary/versions/{version}",
     response_model=DictionaryOut,
-    responses=responses(401, 403, 404, 503),
+    responses=responses(401, 403, 404, 422, 503),
     summary="One past version of the dictionary",
 )
-async def get_version(version: int, who: AdminOnly, store: StoreDep) -> DictionaryOut:
+async def get_version(
+    version: Annotated[int, Path(ge=1, le=MAX_SERIAL)], who: AdminOnly, store: StoreDep
+) -> DictionaryOut:
     """A past version as it was stored (to compare, or to send back with ``PUT`` to roll
     back: that makes it the newest version)."""
     try:

@@ -21,7 +21,7 @@ from serving.errors import responses as error_responses
 from serving.experiment_store import ExperimentConflict, ExperimentStore, StoredExperiment
 from serving.experiment_store import build_report as _build_report
 from serving.experiments import ExperimentConfig
-from serving.schemas import Stored, _Strict
+from serving.schemas import MAX_SERIAL, Stored, _Strict
 
 router = APIRouter(tags=["experiments"])
 _bearer = HTTPBearer(auto_error=False, description="An API key or an admin key.")
@@ -35,6 +35,7 @@ class ExperimentUpdate(_Strict):
     expected_version: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SERIAL,
         description="Refuse (409) unless this version is still in force: no lost updates.",
     )
 

@@ -11,9 +11,10 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.bundle import Bundle
 from features.schema import LabelSchema
@@ -42,6 +43,7 @@ from serving.labeling.store import LabelingError
 from serving.labeling.workspace import Workspace
 from serving.schemas import (
     MAX_POSTS,
+    MAX_SERIAL,
     Answer,
     AnswerResult,
     LabelItem,
@@ -55,7 +57,7 @@ from serving.schemas import (
 
 router = APIRouter(prefix="/v1/labeling", tags=["labeling"])
 
-ItemId = Annotated[int, Query(ge=1)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_SERIAL, description="The item's id.")]
 
 
 def as_api_error(e: LabelingError) -> ApiError:
@@ -117,7 +119,7 @@ def next_items(
     responses=responses(401, 403, 404, 409, 422),
 )
 def answer(
-    item_id: int, body: Answer, user: Evaluator, ws: WorkspaceDep, schema: LabelSchemaDep
+    item_id: ItemId, body: Answer, user: Evaluator, ws: WorkspaceDep, schema: LabelSchemaDep
 ) -> AnswerResult:
     """Label, skip or flag an item. Committed before the response; safe to retry with the
     same ``idempotency_key``."""
@@ -185,7 +187,7 @@ def review(
     responses=responses(401, 403, 404, 422),
 )
 def resolve(
-    item_id: int, body: Resolution, user: Lead, ws: WorkspaceDep, schema: LabelSchemaDep
+    item_id: ItemId, body: Resolution, user: Lead, ws: WorkspaceDep, schema: LabelSchemaDep
 ) -> AnswerResult:
     """A lead's final labels for an item; they win over the evaluators' in the export."""
     check_labels(body.labels, schema, complete=True)
@@ -249,13 +251,25 @@ def _json_items(raw: bytes) -> tuple[list[Incoming], list[RowError]]:
 async def _file_items(request: Request) -> tuple[list[Incoming], list[RowError]]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except StarletteHTTPException as e:  # Starlette's 400 for a body it cannot parse
+            if e.status_code != 400:
+                raise
+            raise ValidationFailed(
+                f"body: not readable as multipart/form-data: {e.detail}", ["body"]
+            ) from e
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise ValidationFailed("file: a CSV or JSONL file is required", ["file"])
         data, name = await upload.read(), upload.filename
     else:
         data, name = await request.body(), None
+        if not data and not ctype:  # an empty file is a file; no body at all is no upload
+            raise ValidationFailed(
+                'body: required: JSON {"items": [...]}, a CSV or JSONL body, or a file',
+                ["body"],
+            )
     rows, errors = uploads.parse_upload(data, name, ctype)
     good = [
         Incoming(text=r.text, external_id=r.external_id, channel=r.channel, author=r.author)
@@ -305,6 +319,7 @@ async def score_into_pool(
                     "schema": {
                         "type": "object",
                         "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
                     }
                 },
             },
@@ -331,7 +346,20 @@ async def add_items(
     return UploadResult(added=added, duplicates=duplicates, errors=errors[:1000])
 
 
-@router.get("/export", responses=responses(401, 403))
+@router.get(
+    "/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "JSONL (one label per line) or a Label Studio JSON export.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            },
+        },
+        **responses(401, 403, 422),
+    },
+)
 def export(
     user: Lead,
     ws: WorkspaceDep,

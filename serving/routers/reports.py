@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.deps import StoreDep, _bearer, get_workspace, require_api_key, require_role
 from serving.errors import ValidationFailed, responses
 from serving.reports import DEFAULT_DAYS, MAX_DAYS, Report, assemble, gather
-from serving.schemas import _utc
+from serving.schemas import Timestamp, _utc
 
 router = APIRouter(prefix="/v1", tags=["reports"])
 
@@ -71,7 +71,7 @@ async def reports(
     store: StoreDep,
     who: Annotated[str, Depends(report_reader)],
     start: Annotated[
-        datetime | None,
+        Timestamp | None,
         Query(
             alias="from",
             description="Start (inclusive), ISO 8601; naive times are UTC. "
@@ -79,7 +79,7 @@ async def reports(
         ),
     ] = None,
     end: Annotated[
-        datetime | None,
+        Timestamp | None,
         Query(alias="to", description="End (exclusive), ISO 8601. Default: now."),
     ] = None,
 ) -> Report:
