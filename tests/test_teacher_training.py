@@ -407,3 +407,35 @@ def test_unlabeled_tasks_let_the_teacher_teach_rows_without_the_label(
     assert not torch.equal(
         taught["heads.actionability.weight"], plain["heads.actionability.weight"]
     )
+
+
+def test_a_state_survives_export_settings_changing(uninterrupted, tiny_corpus):
+    """Export-time settings (size budget, export precision, lexical experts) do not change the
+    trained weights, so a state written before they changed is still resumed."""
+    from training.resume import config_fingerprint
+
+    cfg, _ = uninterrupted
+    changed = cfg.model_copy(
+        update={"max_bundle_mb": 500.0, "export_precision": "fp32", "lexical": None}
+    )
+    assert config_fingerprint(changed) == config_fingerprint(cfg)
+    assert config_fingerprint(cfg.model_copy(update={"lr": cfg.lr * 2})) != config_fingerprint(cfg)
+
+
+@pytest.mark.parametrize(
+    ("fields", "precision", "max_mb"),
+    [({}, "int8", 25.0), ({"export_precision": "fp32", "max_bundle_mb": 500.0}, "fp32", 500.0)],
+)
+def test_the_export_follows_the_run_config(fields, precision, max_mb):
+    """A teacher's recipe exports fp32 under a larger size budget; the student's defaults
+    are int8 within 25 MB."""
+    from types import SimpleNamespace
+
+    from training.pipeline import export_config_for
+
+    cfg = TrainConfig(tiny=True, **fields)
+    trained = SimpleNamespace(config=cfg, temperatures={"sentiment": 1.0})
+    ec = export_config_for(trained)
+    assert ec.precision == precision
+    assert ec.gate.max_bundle_mb == max_mb
+    assert export_config_for(trained, precision="int8").precision == "int8"

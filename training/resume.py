@@ -35,7 +35,8 @@ def config_fingerprint(cfg: TrainConfig) -> str:
     change the trained weights (where things are written, threads, tracking)."""
     d = json.loads(cfg.model_dump_json())
     skip = ("threads", "output_dir", "tracking_uri", "experiment", "register_model", "name")
-    for key in (*skip, "resume_dir"):  # a state folder may be moved or copied
+    after = ("lexical", "max_bundle_mb", "export_precision", "gate", "promotion", "policy")
+    for key in (*skip, *after, "resume_dir"):  # export-time settings; a moved state folder
         d.pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
