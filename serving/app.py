@@ -38,7 +38,7 @@ from serving.logs import (
     request_id,
     sane_request_id,
 )
-from serving.metrics import HttpMetricsMiddleware, Metrics
+from serving.metrics import Metrics
 from serving.metrics import start_server as start_metrics_server
 from serving.priority import load_policy
 from serving.ratelimit import RateLimiter, RateLimitHeadersMiddleware
@@ -310,8 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(UnhandledErrorMiddleware)  # one record per 500, content withheld
-    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
 

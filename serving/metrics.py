@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from prometheus_client.core import (
     Metric,
 )
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from features.schema import LabelSchema
 
@@ -218,35 +217,6 @@ def route_template(scope: Scope) -> str:
         route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
     path = getattr(route, "path", None)
     return path if isinstance(path, str) and path else UNMATCHED
-
-
-class HttpMetricsMiddleware:
-    """Counts and times every HTTP request by route template and status. A request that
-    raises past the app counts as a 500."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.observe_http(
-                scope["method"], route_template(scope), status, time.perf_counter() - started
-            )
 
 
 def start_server(metrics: Metrics, host: str, port: int) -> Any:
